@@ -1,0 +1,145 @@
+"""Command line: parse, dispatch, print, and the exit code (0 = every verdict as expected)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from . import lint as lint_mod
+from . import manifest, receipts, reports, verdicts
+from .layout import Layout, default_cache_dir
+from .pipeline import RunOptions, run_pack
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="runner.py",
+        description="Show each pack's upstream bug at its pinned base, apply the patch to a fresh copy, "
+        "show the fix, and print one verdict per pack.",
+    )
+    what = p.add_argument_group("what to do")
+    what.add_argument("--list", action="store_true", help="list the packs and their latest receipts")
+    what.add_argument("--lint", action="store_true", help="check every pack's files, manifest, patch and README")
+    what.add_argument("--pack", action="append", default=[], metavar="NN", help="run this pack (repeatable)")
+    what.add_argument("--all", action="store_true", help="run every pack")
+    what.add_argument("--check", action="store_true",
+                      help="CPU only: fetch sources and check the patch applies; no reproducer run")
+    where = p.add_argument_group("which upstream code")
+    where.add_argument("--upstream", metavar="REF", help="run against this git ref instead of the pinned base")
+    where.add_argument("--source", type=Path, metavar="DIR",
+                       help="use this local checkout (copied, never modified) instead of fetching")
+    where.add_argument("--source-kind", choices=("auto", "git", "sdist"), default="auto",
+                       help="auto: git, falling back to the release sdist when git cannot be reached")
+    where.add_argument("--cache-dir", type=Path, default=None,
+                       help="pristine source cache (default: $REPRO_CACHE_DIR or ~/.cache/upstream-repro)")
+    how = p.add_argument_group("how to run")
+    how.add_argument("--timeout", type=int, metavar="S", help="per-stage timeout in seconds (default: the pack's)")
+    how.add_argument("--keep", action="store_true", help="keep the work copies after the run")
+    how.add_argument("--python", default=sys.executable, help="interpreter for the reproducers")
+    how.add_argument("--run-dir", type=Path, default=None, help="where logs go (default: runs/<timestamp>)")
+    how.add_argument("--strict", action="store_true", help="count SKIPPED as unexpected in the exit code")
+    out = p.add_argument_group("outputs")
+    out.add_argument("--json", type=Path, metavar="PATH", help="write results as JSON")
+    out.add_argument("--junit", type=Path, metavar="PATH", help="write results as JUnit XML")
+    out.add_argument("--receipt", action="store_true", help="write evidence/<pack>.json for each run pack")
+    return p
+
+
+def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    layout = layout or Layout()
+    args = build_parser().parse_args(argv)
+    # Wide when not a terminal (CI logs), so tables and evidence lines are not folded.
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+    try:
+        if args.lint:
+            return _lint(layout, console)
+        if args.list:
+            return _list(layout, console)
+        if not (args.pack or args.all):
+            build_parser().print_usage(sys.stderr)
+            err.print("runner.py: say what to do: --list, --lint, --pack NN or --all")
+            return EXIT_USAGE
+        folders = manifest.discover(layout) if args.all else manifest.select(args.pack, layout)
+        packs = [manifest.load_pack(f, layout) for f in folders]
+    except manifest.ManifestError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return EXIT_USAGE
+    if args.source and len(packs) != 1:
+        err.print("[red]error:[/] --source DIR names one checkout; use it with exactly one --pack")
+        return EXIT_USAGE
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    opts = RunOptions(
+        cache_dir=(args.cache_dir or default_cache_dir()).resolve(),
+        run_dir=(args.run_dir or layout.runs / stamp).resolve(),
+        layout=layout, upstream_ref=args.upstream, check_only=args.check, keep=args.keep,
+        timeout_s=args.timeout, source_dir=args.source, source_kind=args.source_kind, python=args.python,
+    )
+    start = time.monotonic()
+    progress = lambda msg: err.print(f"[dim]{time.monotonic() - start:6.1f}s[/] {msg}")  # noqa: E731
+    results = [run_pack(pack, opts, progress) for pack in packs]
+
+    reports.print_table(results, console)
+    if args.json:
+        reports.write_json(results, args.json, {"argv": argv, "upstream": args.upstream, "check": args.check})
+    if args.junit:
+        reports.write_junit(results, args.junit)
+    if args.receipt:
+        for pack, result in zip(packs, results, strict=True):
+            try:
+                path = receipts.receipt_path(pack, args.upstream, layout)
+                receipts.write(receipts.build(result, pack, ["python", "runner.py", *argv], layout), path)
+                console.print(f"receipt written: {path.relative_to(layout.root)}")
+            except receipts.ReceiptError as exc:
+                err.print(f"[yellow]no receipt:[/] {exc}")
+    bad = [r for r in results if not r.as_expected and (r.verdict != verdicts.SKIPPED or args.strict)]
+    skipped = [r for r in results if r.verdict == verdicts.SKIPPED]
+    if skipped and not args.strict:
+        err.print(f"[yellow]{len(skipped)} pack(s) SKIPPED[/] (see the reasons above; --strict makes that fail)")
+    return EXIT_UNEXPECTED if bad else EXIT_OK
+
+
+def _lint(layout: Layout, console: Console) -> int:
+    problems = lint_mod.lint(layout)
+    for p in problems:
+        console.print(f"[red]lint:[/] {p}", highlight=False)
+    count = len(manifest.discover(layout))
+    console.print(f"{count} pack(s) checked, {len(problems)} problem(s)")
+    return EXIT_UNEXPECTED if problems else EXIT_OK
+
+
+def _list(layout: Layout, console: Console) -> int:
+    table = Table(title="packs")
+    for col in ("id", "pack", "kind", "target", "base", "latest receipt"):
+        table.add_column(col, overflow="fold")
+    status = EXIT_OK
+    for folder in manifest.discover(layout):
+        try:
+            pack = manifest.load_pack(folder, layout)
+        except manifest.ManifestError as exc:
+            table.add_row(folder.name[:3], folder.name, "?", "?", "?", f"[red]bad manifest[/]: {exc}")
+            status = EXIT_UNEXPECTED
+            continue
+        receipt = receipts.latest_for(pack, layout)
+        if receipt is None:
+            seen = "none"
+        else:
+            stale = receipts.stale_files(receipt, pack)
+            gpu = receipt["environment"].get("torch", {}).get("cuda", {}).get("device_name", "no GPU")
+            seen = f"{receipt['verdict']} {receipt['date'][:10]} on {gpu}" + (
+                f" [red](stale: {', '.join(stale)} changed)[/]" if stale else "")
+        base = pack.base_ref + (f" / {pack.sdist}" if pack.sdist else "")
+        name = pack.slug + (" [dim](retired)[/]" if pack.retired else "")
+        table.add_row(pack.id, name, pack.kind, pack.repo, base, seen)
+    console.print(table)
+    return status

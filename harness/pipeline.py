@@ -1,0 +1,230 @@
+"""One pack, one upstream ref: sources -> clean and patched copies -> reproducer on each -> verdict."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import environment, execution, importing, patching, sentinels, sources, verdicts
+from .layout import Layout
+from .manifest import Pack
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RunOptions:
+    cache_dir: Path
+    run_dir: Path
+    layout: Layout = field(default_factory=Layout)
+    upstream_ref: str | None = None
+    check_only: bool = False
+    keep: bool = False
+    timeout_s: int | None = None
+    source_dir: Path | None = None
+    source_kind: str = "auto"  # auto | git | sdist
+    python: str = sys.executable
+
+
+@dataclass
+class StageRecord:
+    name: str
+    sentinel: str | None
+    extra_sentinels: list[str]
+    evidence: dict[str, Any] | None
+    exit_code: int | None
+    timed_out: bool
+    duration_s: float
+    error: str | None
+    log: str
+
+    def outcome(self) -> verdicts.StageOutcome:
+        return verdicts.StageOutcome(self.sentinel, self.timed_out, self.error)
+
+
+@dataclass
+class PackResult:
+    pack: str
+    id: str
+    title: str
+    repo: str
+    ref: str
+    upstream_ref: str | None
+    commit: str | None
+    verdict: str
+    reason: str
+    expected: list[str]
+    as_expected: bool
+    source: dict[str, Any] | None = None
+    patch: dict[str, Any] | None = None
+    stages: list[StageRecord] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)
+    started_at: str = ""
+    log_dir: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Stop(Exception):
+    """Ends a pack's pipeline early with a verdict (skip, error)."""
+
+    def __init__(self, verdict: str, reason: str):
+        super().__init__(reason)
+        self.verdict, self.reason = verdict, reason
+
+
+def run_pack(pack: Pack, opts: RunOptions, progress: Progress) -> PackResult:
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.monotonic()
+    pack_dir = opts.run_dir / pack.name
+    result = PackResult(
+        pack=pack.name, id=pack.id, title=pack.title, repo=pack.repo,
+        ref=opts.upstream_ref or pack.base_ref, upstream_ref=opts.upstream_ref, commit=None,
+        verdict=verdicts.ERROR, reason="", expected=[], as_expected=False,
+        started_at=started, log_dir=str(pack_dir),
+    )
+    result.expected = list(verdicts.expected(pack.expect, opts.upstream_ref, opts.check_only))
+    say = lambda msg: progress(f"[{pack.id}] {msg}")  # noqa: E731
+    try:
+        if pack.retired:
+            raise _Stop(verdicts.SKIPPED, f"retired: {pack.retired}")
+        _run(pack, opts, result, pack_dir, say)
+    except _Stop as stop:
+        result.verdict, result.reason = stop.verdict, stop.reason
+    except (sources.SourceError, importing.ImportSetupError) as exc:
+        result.verdict, result.reason = verdicts.ERROR, f"pack {pack.name}: {exc}"
+    finally:
+        if not opts.keep:
+            sources.remove_tree(pack_dir / "work")
+    result.durations["total_s"] = round(time.monotonic() - t0, 2)
+    result.as_expected = result.verdict in result.expected
+    return result
+
+
+def _acquire(pack: Pack, opts: RunOptions, say: Progress) -> sources.Source:
+    if opts.source_dir:
+        return sources.acquire_local(pack.repo, opts.source_dir)
+    if opts.upstream_ref:
+        if opts.source_kind == "sdist":
+            raise sources.SourceError("--upstream names a git ref; --source-kind sdist cannot serve it")
+        commit, how = sources.resolve_ref(pack.repo, opts.upstream_ref, opts.cache_dir, say)
+        return sources.acquire_git(pack.repo, opts.upstream_ref, commit, how, pack.source_paths,
+                                   opts.cache_dir, say)
+    if opts.source_kind == "sdist" or (opts.source_kind == "auto" and _sdist_cached(pack, opts)):
+        if not pack.sdist:
+            raise sources.SourceError(f"pack {pack.name} declares no release sdist for {pack.base_ref}")
+        return sources.acquire_sdist(pack.repo, pack.base_ref, pack.sdist, pack.sdist_sha256,
+                                     opts.cache_dir, say)
+    try:
+        return sources.acquire_git(pack.repo, pack.base_ref, pack.base_commit, "pinned",
+                                   pack.source_paths, opts.cache_dir, say)
+    except sources.SourceError as exc:
+        if opts.source_kind == "git" or not pack.sdist:
+            raise
+        say(f"git unavailable ({str(exc)[:160]}); using the release sdist {pack.sdist}")
+        source = sources.acquire_sdist(pack.repo, pack.base_ref, pack.sdist, pack.sdist_sha256,
+                                       opts.cache_dir, say)
+        return replace(source, note=f"git unavailable: {exc}")
+
+
+def _sdist_cached(pack: Pack, opts: RunOptions) -> bool:
+    """auto prefers a git tree, but an sdist already in the cache beats a network round trip
+    only when no git tree is cached either."""
+    if not pack.sdist_sha256:
+        return False
+    git_cached = (opts.cache_dir / "git" / pack.repo.replace("/", "+") /
+                  (pack.base_commit + sources._paths_key(pack.source_paths)) / "source.json").is_file()
+    return not git_cached and (opts.cache_dir / "sdist" / pack.sdist_sha256 / "source.json").is_file()
+
+
+def _run(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path, say: Progress) -> None:
+    t = time.monotonic()
+    source = _acquire(pack, opts, say)
+    result.source = source.record()
+    result.commit = source.commit
+    result.durations["acquire_s"] = round(time.monotonic() - t, 2)
+
+    work = pack_dir / "work"
+    sources.remove_tree(work)
+    work.mkdir(parents=True)
+    say("preparing clean and patched work copies")
+    clean_tree = sources.work_copy(source, work / "clean")
+    patched_tree = None
+    patch = patching.PatchResult("no_patch")
+    if pack.has_patch:
+        if not pack.patch_path.is_file():
+            raise _Stop(verdicts.ERROR, f"pack {pack.name}: patch {pack.patch_path} is missing")
+        patched_tree = sources.work_copy(source, work / "patched")
+        patch = patching.apply(patched_tree, pack.patch_path)
+        say(f"patch: {patch.status}" + (f" ({'; '.join(patch.failures)})" if patch.failures else ""))
+    result.patch = {"status": patch.status, "method": patch.method, "files": patch.files,
+                    "failures": patch.failures}
+
+    if opts.check_only:
+        verdict = {"applied": verdicts.CHECKED, "already_applied": verdicts.ALREADY_APPLIED,
+                   "conflict": verdicts.PATCH_CONFLICT, "no_patch": verdicts.CHECKED}[patch.status]
+        reason = {"applied": "sources fetched and the patch applies cleanly",
+                  "already_applied": "the patch is already in upstream at this ref",
+                  "conflict": "the patch does not apply: " + "; ".join(patch.failures),
+                  "no_patch": "sources fetched (this pack has no patch)"}[patch.status]
+        raise _Stop(verdict, reason)
+
+    say("probing the environment")
+    info = environment.probe(opts.python, environment.dist_names(pack.python_deps))
+    result.environment = info
+    unmet = environment.unmet_requirements(info, pack.gpu, pack.min_capability, pack.gpus, pack.python_deps)
+    if unmet:
+        raise _Stop(verdicts.SKIPPED, "; ".join(unmet))
+
+    artifacts = pack_dir / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    timeout = opts.timeout_s or pack.timeout_s
+    clean = _stage("clean", clean_tree, pack, opts, pack_dir, artifacts, timeout, source, say)
+    result.stages.append(clean)
+    patched = None
+    if clean.sentinel == "BUG_REPRODUCED" and patch.status == "applied" and patched_tree is not None:
+        patched = _stage("patched", patched_tree, pack, opts, pack_dir, artifacts, timeout, source, say)
+        result.stages.append(patched)
+    result.verdict, result.reason = verdicts.classify(
+        clean.outcome(), patch.status, patched.outcome() if patched else None)
+    if result.verdict == verdicts.PATCH_CONFLICT:
+        result.reason += ": " + "; ".join(patch.failures)
+
+
+def _stage(name: str, tree: Path, pack: Pack, opts: RunOptions, pack_dir: Path, artifacts: Path,
+           timeout: int, source: sources.Source, say: Progress) -> StageRecord:
+    roots = importing.python_path(tree, pack.import_paths)
+    site = importing.write_sitecustomize(pack_dir / "work" / f"{name}-site", roots, pack.skip_init)
+    entries = ([str(site.parent)] if site else []) + [str(r) for r in roots]
+    env = dict(os.environ)
+    inherited = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join(entries + ([inherited] if inherited else []))
+    env.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "REPRO_ARTIFACTS": str(artifacts)})
+    cwd = pack_dir / "work" / f"{name}-cwd"
+    cwd.mkdir(parents=True, exist_ok=True)
+    say(f"running the reproducer on the {name} tree (timeout {timeout}s)")
+    header = (f"# pack {pack.name} stage {name}\n# source {source.kind} {source.repo}@{source.commit or source.sdist}"
+              f"\n# PYTHONPATH={env['PYTHONPATH']}\n")
+    done = execution.run_command([opts.python, str(pack.repro_path)], cwd, env, timeout,
+                                 pack_dir / f"{name}.log", header)
+    parsed = sentinels.parse(done.stdout, pack.extra_sentinels)
+    error = None
+    if done.timed_out:
+        error = f"timed out after {timeout}s"
+    elif done.exit_code != 0:
+        tail = (done.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+        error = f"exit code {done.exit_code}: {tail[:300]}"
+    elif not parsed.ok:
+        error = "; ".join(parsed.problems)
+    trusted = parsed.sentinel if error is None else None
+    say(f"{name}: {trusted or 'no trusted sentinel'} in {done.duration_s:.1f}s" + (f" ({error})" if error else ""))
+    return StageRecord(name, trusted, parsed.extras if error is None else [], parsed.evidence, done.exit_code,
+                       done.timed_out, round(done.duration_s, 2), error, str(done.log))

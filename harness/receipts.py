@@ -1,0 +1,108 @@
+"""Evidence receipts: what a real run measured, written by the runner, checked against the files
+it ran. A receipt whose pack.toml, repro.py or patch changed since is stale."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import datetime, timezone
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from . import __version__, gitutil
+from .layout import Layout
+from .manifest import Pack
+from .pipeline import PackResult
+
+
+class ReceiptError(Exception):
+    pass
+
+
+@cache
+def _schema() -> dict[str, Any]:
+    return json.loads(resources.files("harness").joinpath("schemas/receipt.schema.json").read_text())
+
+
+def sha256_file(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def current_hashes(pack: Pack) -> dict[str, str | None]:
+    return {"pack.toml": sha256_file(pack.manifest_path), "repro.py": sha256_file(pack.repro_path),
+            "patch": sha256_file(pack.patch_path) if pack.has_patch else None}
+
+
+def receipt_path(pack: Pack, upstream_ref: str | None, layout: Layout) -> Path:
+    if upstream_ref is None:
+        return layout.evidence / f"{pack.name}.json"
+    return layout.evidence / f"{pack.name}.at-{re.sub(r'[^A-Za-z0-9._-]', '_', upstream_ref)}.json"
+
+
+def build(result: PackResult, pack: Pack, command: list[str], layout: Layout) -> dict[str, Any]:
+    if result.verdict in ("SKIPPED", "CHECKED", "ALREADY_APPLIED") or not result.stages:
+        raise ReceiptError(f"pack {pack.name}: a {result.verdict} run measured nothing; no receipt written")
+    src = result.source or {}
+    try:
+        head = gitutil.git(["rev-parse", "HEAD"], cwd=layout.root).strip()
+        dirty = bool(gitutil.git(["status", "--porcelain", "--untracked-files=no"], cwd=layout.root).strip())
+    except Exception:  # noqa: BLE001 - a collection copied without .git still gets a receipt
+        head, dirty = None, None
+    return {
+        "schema_version": 1,
+        "pack": pack.name,
+        "id": pack.id,
+        "title": pack.title,
+        "target": {"repo": pack.repo, "ref": result.ref, "upstream_ref": result.upstream_ref,
+                   "commit": result.commit, "source_kind": src.get("kind", "local"),
+                   "sdist": src.get("sdist"), "resolution": src.get("resolution", "")},
+        "verdict": result.verdict,
+        "reason": result.reason,
+        "expected": result.expected,
+        "as_expected": result.as_expected,
+        "patch": result.patch or {"status": "no_patch"},
+        "stages": [{k: v for k, v in vars(s).items() if k != "log"} for s in result.stages],
+        "durations": result.durations,
+        "environment": result.environment,
+        "hashes": current_hashes(pack),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "runner": {"version": __version__, "command": " ".join(command), "collection_commit": head,
+                   "collection_dirty": dirty},
+    }
+
+
+def write(receipt: dict[str, Any], path: Path) -> Path:
+    validate(receipt, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(receipt, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def validate(receipt: dict[str, Any], where: Path) -> None:
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(receipt), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        e = errors[0]
+        raise ReceiptError(f"{where}: field '{'.'.join(map(str, e.absolute_path)) or '(top)'}': {e.message}")
+
+
+def stale_files(receipt: dict[str, Any], pack: Pack) -> list[str]:
+    """Files whose current hash differs from the receipt's."""
+    now = current_hashes(pack)
+    return [name for name, digest in now.items() if receipt["hashes"].get(name) != digest]
+
+
+def load_all(layout: Layout) -> dict[Path, dict[str, Any]]:
+    if not layout.evidence.is_dir():
+        return {}
+    return {p: json.loads(p.read_text()) for p in sorted(layout.evidence.glob("*.json"))}
+
+
+def latest_for(pack: Pack, layout: Layout) -> dict[str, Any] | None:
+    path = receipt_path(pack, None, layout)
+    return json.loads(path.read_text()) if path.is_file() else None

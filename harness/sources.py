@@ -1,0 +1,285 @@
+"""Upstream sources: a pristine cache keyed by repo@commit or sdist@sha256, never modified,
+and a fresh work copy per stage.
+
+git: fetched from https://github.com/OWNER/NAME (partial, shallow where the server allows it).
+Air-gapped sites point git elsewhere with its own `url.<base>.insteadOf`; nothing here knows
+about mirrors. sdist: the release archive from the index pip is configured with, sha256-verified
+against the pack's pin and extracted safely, then put under git so patches see upstream's paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import gitutil, pkgindex
+from .extract import extract_archive
+from .gitutil import GitError
+
+Progress = Callable[[str], None]
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+# git's words for "the remote cannot be reached at all" (no point asking it for more history)
+UNREACHABLE = ("Could not resolve host", "unable to access", "Connection refused", "Connection timed out",
+               "does not appear to be a git repository", "Network is unreachable")
+
+
+class SourceError(Exception):
+    """Sources could not be had; the message says what was tried and what to do."""
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # git | sdist | local
+    repo: str
+    ref: str
+    commit: str | None  # upstream commit the tree is at (None for an sdist: a release is not a commit)
+    tree: Path  # pristine tree, read-only
+    resolution: str  # how ref became commit: pinned, ls-remote, cache, sdist, local
+    sdist: str | None = None
+    sdist_sha256: str | None = None
+    note: str = ""
+    from_cache: bool = False
+
+    def record(self) -> dict:
+        data = asdict(self)
+        data["tree"] = str(self.tree)
+        return data
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _slug(repo: str) -> str:
+    return repo.replace("/", "+")
+
+
+# ---------------------------------------------------------------- ref resolution
+
+
+def resolve_ref(repo: str, ref: str, cache: Path, progress: Progress) -> tuple[str, str]:
+    """ref -> (commit, how). A full sha is taken as is. Otherwise `git ls-remote`; when the remote
+    cannot be reached, an earlier resolution from the cache is used and says so."""
+    if SHA_RE.match(ref):
+        return ref, "pinned"
+    url = f"https://github.com/{repo}"
+    record_file = cache / "refs" / f"{_slug(repo)}.json"
+    try:
+        progress(f"resolving {repo}@{ref} (git ls-remote)")
+        out = gitutil.git(["ls-remote", url, ref, f"{ref}^{{}}"], timeout=120)
+    except (GitError, OSError) as exc:
+        known = _read_json(record_file).get(ref)
+        if known:
+            return known["commit"], f"cache (resolved {known['resolved_at']}; remote unreachable: {exc})"
+        raise SourceError(
+            f"cannot resolve {repo}@{ref}: {exc}. Check the network, or point git at a mirror with "
+            f"`git config --global url.<mirror>.insteadOf {url}`."
+        ) from exc
+    commit = _pick_ref(out, ref)
+    if commit is None:
+        raise SourceError(f"{repo} has no ref '{ref}' (git ls-remote {url} {ref} found nothing)")
+    records = _read_json(record_file)
+    records[ref] = {"commit": commit, "resolved_at": _stamp()}
+    _write_json(record_file, records)
+    return commit, "ls-remote"
+
+
+def _pick_ref(ls_remote: str, ref: str) -> str | None:
+    rows = [line.split("\t") for line in ls_remote.splitlines() if "\t" in line]
+    by_name = {name: sha for sha, name in rows}
+    for name in (f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", f"refs/heads/{ref}", ref):
+        if name in by_name:
+            return by_name[name]
+    peeled = [sha for sha, name in rows if name.endswith("^{}")]
+    if peeled:
+        return peeled[0]
+    return rows[0][0] if rows else None
+
+
+# ---------------------------------------------------------------- cache entries
+
+
+def _entry_dir(cache: Path, *parts: str) -> Path:
+    return cache.joinpath(*parts)
+
+
+def _finish_entry(staging: Path, final: Path, meta: dict) -> None:
+    """Make the tree read-only, write its record, and move it into place atomically."""
+    _write_json(staging / "source.json", meta)
+    _make_read_only(staging / "tree")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(staging, final)
+    except OSError:
+        if (final / "source.json").is_file():  # another run got there first
+            remove_tree(staging)
+        else:
+            raise
+
+
+def _staging(cache: Path) -> Path:
+    (cache / "tmp").mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="fetch-", dir=cache / "tmp"))
+
+
+def _paths_key(paths: tuple[str, ...]) -> str:
+    if not paths:
+        return ""
+    return "-sparse-" + hashlib.sha256("\n".join(sorted(paths)).encode()).hexdigest()[:10]
+
+
+def acquire_git(repo: str, ref: str, commit: str, resolution: str, paths: tuple[str, ...],
+                cache: Path, progress: Progress) -> Source:
+    final = _entry_dir(cache, "git", _slug(repo), commit + _paths_key(paths))
+    if (final / "source.json").is_file():
+        progress(f"{repo}@{commit[:12]}: pristine tree from cache")
+        return Source("git", repo, ref, commit, final / "tree", resolution, from_cache=True)
+    url = f"https://github.com/{repo}"
+    staging = _staging(cache)
+    tree = staging / "tree"
+    tree.mkdir()
+    try:
+        progress(f"cloning {url} at {commit[:12]}" + (f" (paths: {', '.join(paths)})" if paths else ""))
+        try:
+            _checkout(tree, url, commit, paths, partial=True)
+        except GitError as exc:
+            if any(sign in exc.stderr for sign in UNREACHABLE):
+                raise
+            # A server that refuses single commits or lazy blob requests: take its whole history.
+            progress(f"{url} refused a shallow partial fetch ({exc.stderr[:120]}); fetching its whole history")
+            remove_tree(tree)
+            tree.mkdir()
+            _checkout(tree, url, commit, paths, partial=False)
+        head = gitutil.git(["rev-parse", "HEAD"], cwd=tree).strip()
+        if head != commit:
+            raise SourceError(f"{repo}: checked out {head}, expected {commit}")
+        for p in paths:
+            if not (tree / p).exists():
+                raise SourceError(f"{repo}@{commit[:12]}: source path '{p}' does not exist at that commit")
+    except (GitError, OSError) as exc:
+        remove_tree(staging)
+        raise SourceError(f"git clone of {url} at {commit[:12]} failed: {exc}") from exc
+    except SourceError:
+        remove_tree(staging)
+        raise
+    meta = {"kind": "git", "repo": repo, "ref": ref, "commit": commit, "paths": list(paths),
+            "url": url, "fetched_at": _stamp()}
+    _finish_entry(staging, final, meta)
+    return Source("git", repo, ref, commit, final / "tree", resolution)
+
+
+def _checkout(tree: Path, url: str, commit: str, paths: tuple[str, ...], partial: bool) -> None:
+    gitutil.git(["init", "-q"], cwd=tree)
+    gitutil.git(["remote", "add", "origin", url], cwd=tree)
+    if partial:
+        gitutil.git(["fetch", "-q", "--depth", "1", "--filter=blob:none", "origin", commit], cwd=tree)
+    else:
+        gitutil.git(["fetch", "-q", "--tags", "origin", "+refs/heads/*:refs/remotes/origin/*"], cwd=tree,
+                    timeout=1800)
+    if paths:
+        gitutil.git(["sparse-checkout", "set", "--no-cone", *("/" + p for p in paths)], cwd=tree)
+    gitutil.git(["checkout", "-q", "--detach", commit], cwd=tree, timeout=1800)
+
+
+def acquire_sdist(repo: str, ref: str, requirement: str, sha256: str, cache: Path,
+                  progress: Progress) -> Source:
+    final = _entry_dir(cache, "sdist", sha256)
+    if (final / "source.json").is_file():
+        progress(f"{requirement}: pristine sdist tree from cache")
+        return Source("sdist", repo, ref, None, final / "tree", "sdist", requirement, sha256, from_cache=True)
+    progress(f"looking up {requirement} on the configured package index")
+    try:
+        release = pkgindex.find_sdist(requirement)
+        staging = _staging(cache)
+        progress(f"downloading {release.filename}")
+        archive = pkgindex.download(release, staging / "archive", sha256)
+    except pkgindex.PackageIndexError as exc:
+        raise SourceError(f"release sdist {requirement}: {exc}") from exc
+    try:
+        extract_archive(archive, staging / "tree")
+        gitutil.commit_tree(staging / "tree", f"{requirement} (release sdist, sha256 {sha256})")
+    except Exception:
+        remove_tree(staging)
+        raise
+    meta = {"kind": "sdist", "repo": repo, "ref": ref, "sdist": requirement, "sha256": sha256,
+            "filename": release.filename, "url": release.url, "fetched_at": _stamp()}
+    _finish_entry(staging, final, meta)
+    return Source("sdist", repo, ref, None, final / "tree", "sdist", requirement, sha256)
+
+
+def acquire_local(repo: str, directory: Path) -> Source:
+    directory = directory.resolve()
+    if not directory.is_dir():
+        raise SourceError(f"--source {directory}: not a folder")
+    commit = None
+    if (directory / ".git").exists():
+        try:
+            commit = gitutil.git(["rev-parse", "HEAD"], cwd=directory).strip()
+        except GitError:
+            commit = None
+    return Source("local", repo, "local", commit, directory, "local", note=f"local checkout {directory}")
+
+
+# ---------------------------------------------------------------- work copies
+
+
+def work_copy(source: Source, dest: Path) -> Path:
+    """A fresh, writable copy of the pristine tree under its own one-commit git repo.
+
+    The pristine .git is left behind: a work copy only needs `git apply` and `git diff`,
+    and a fresh repo cannot reach back into the cache.
+    """
+    shutil.copytree(source.tree, dest, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+    for path in [dest, *dest.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    gitutil.commit_tree(dest, f"{source.repo} {source.ref} ({source.kind})")
+    return dest
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _make_read_only(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that also removes read-only files (the pristine cache makes its files read-only)."""
+
+    def retry(func, p, _exc):
+        os.chmod(p, stat.S_IWUSR | stat.S_IRUSR | stat.S_IXUSR)
+        func(p)
+
+    if not path.exists():
+        return
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=retry)
+    else:  # pragma: no cover - older Pythons
+        shutil.rmtree(path, onerror=retry)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,78 @@
+"""One verdict per pack per upstream ref, from what each stage measured (DESIGN.md's table)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CONFIRMED = "CONFIRMED"
+FIXED_UPSTREAM = "FIXED_UPSTREAM"
+PATCH_CONFLICT = "PATCH_CONFLICT"
+FIX_FAILED = "FIX_FAILED"
+ERROR = "ERROR"
+TIMEOUT = "TIMEOUT"
+SKIPPED = "SKIPPED"
+# --check (no reproducer run): the sources were had and the patch applies
+CHECKED = "CHECKED"
+ALREADY_APPLIED = "ALREADY_APPLIED"
+
+ALL = (CONFIRMED, FIXED_UPSTREAM, PATCH_CONFLICT, FIX_FAILED, ERROR, TIMEOUT, SKIPPED, CHECKED,
+       ALREADY_APPLIED)
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """What one stage came to: a trusted sentinel, or why there is none."""
+
+    sentinel: str | None  # BUG_REPRODUCED | FIX_VALIDATED | INCONCLUSIVE, only when trusted
+    timed_out: bool = False
+    error: str | None = None  # crash, bad exit code, malformed protocol
+
+
+def classify(clean: StageOutcome, patch_status: str, patched: StageOutcome | None) -> tuple[str, str]:
+    """(verdict, one-sentence reason)."""
+    if clean.timed_out:
+        return TIMEOUT, "the clean stage ran past its timeout"
+    if clean.sentinel is None:
+        return ERROR, f"the clean stage gave no trusted sentinel: {clean.error}"
+    if clean.sentinel == "INCONCLUSIVE":
+        return ERROR, "the clean stage was INCONCLUSIVE (see its EVIDENCE reason)"
+    if clean.sentinel == "FIX_VALIDATED":
+        return FIXED_UPSTREAM, "the bug's signature is gone on the clean upstream code"
+    # clean stage: BUG_REPRODUCED
+    if patch_status == "conflict":
+        return PATCH_CONFLICT, "the bug is live and the patch does not apply (needs a rebase)"
+    if patch_status == "already_applied":
+        return FIX_FAILED, "the patch is already applied upstream, yet the bug reproduces"
+    if patched is None:
+        return FIX_FAILED, "the patched stage did not run"
+    if patched.timed_out:
+        return FIX_FAILED, "the bug is live; the patched stage ran past its timeout"
+    if patched.sentinel == "FIX_VALIDATED":
+        return CONFIRMED, "the bug reproduces at this ref and the patch fixes it"
+    if patched.sentinel is None:
+        return FIX_FAILED, f"the bug is live; the patched stage gave no trusted sentinel: {patched.error}"
+    return FIX_FAILED, f"the bug is live; the patched stage said {patched.sentinel}"
+
+
+# What --check (sources + patch, no reproducer) can show for each run verdict.
+CHECK_EQUIVALENT = {
+    CONFIRMED: (CHECKED,),
+    FIXED_UPSTREAM: (CHECKED, ALREADY_APPLIED, PATCH_CONFLICT),  # upstream's own fix may touch our lines
+    PATCH_CONFLICT: (PATCH_CONFLICT,),
+    FIX_FAILED: (CHECKED, ALREADY_APPLIED),
+}
+
+
+def expected(pack_expect: dict[str, str], upstream_ref: str | None, check_only: bool) -> tuple[str, ...]:
+    """Verdicts that count as 'as expected' for this ref."""
+    if upstream_ref is None:
+        wanted: tuple[str, ...] = (CONFIRMED,)
+    elif upstream_ref in pack_expect:
+        wanted = (pack_expect[upstream_ref],)
+    else:
+        # An unlisted ref: live-and-fixed-by-us and fixed-upstream are both healthy states; the
+        # nightly's job is to notice when one turns into something else.
+        wanted = (CONFIRMED, FIXED_UPSTREAM)
+    if not check_only:
+        return wanted
+    return tuple(dict.fromkeys(v for w in wanted for v in CHECK_EQUIVALENT[w]))

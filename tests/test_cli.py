@@ -1,0 +1,49 @@
+import json
+
+from harness import cli
+
+
+def test_usage_without_action(collection, capsys):
+    assert cli.main([], layout=collection.layout) == cli.EXIT_USAGE
+
+
+def test_traversal_pack_id_is_a_usage_error(collection, capsys):
+    assert cli.main(["--pack", "../../etc"], layout=collection.layout) == cli.EXIT_USAGE
+    assert "not a pack id" in capsys.readouterr().err
+
+
+def test_run_json_junit_and_exit_codes(collection, upstream, cache, tmp_path, capsys):
+    collection.add_pack("01", "toy", upstream.base)
+    args = ["--pack", "01", "--cache-dir", str(cache), "--run-dir", str(tmp_path / "r"),
+            "--json", str(tmp_path / "o.json"), "--junit", str(tmp_path / "o.xml")]
+    assert cli.main(args, layout=collection.layout) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "CONFIRMED" in out and "EVIDENCE" in out
+    assert json.loads((tmp_path / "o.json").read_text())["packs"][0]["verdict"] == "CONFIRMED"
+    # main without an [expect] entry: FIXED_UPSTREAM is a healthy state
+    assert cli.main([*args, "--upstream", "main"], layout=collection.layout) == cli.EXIT_OK
+    # an unlisted tag: also a healthy state
+    assert cli.main([*args, "--upstream", "v1.1"], layout=collection.layout) == cli.EXIT_OK
+
+
+def test_unexpected_verdicts_exit_non_zero(collection, upstream, cache, tmp_path):
+    collection.add_pack("01", "toy", upstream.base, expect='[expect]\nmain = "CONFIRMED"')
+    collection.add_pack("02", "bad", upstream.base, repro="raise SystemExit(1)\n")
+    common = ["--cache-dir", str(cache), "--run-dir", str(tmp_path / "r")]
+    # the pack says main should still be CONFIRMED, but upstream fixed it
+    assert cli.main(["--pack", "01", "--upstream", "main", *common], layout=collection.layout) == cli.EXIT_UNEXPECTED
+    assert cli.main(["--pack", "02", *common], layout=collection.layout) == cli.EXIT_UNEXPECTED
+
+
+def test_list_and_lint(collection, upstream, capsys):
+    collection.add_pack("01", "toy", upstream.base)
+    assert cli.main(["--list"], layout=collection.layout) == cli.EXIT_OK
+    assert "01" in capsys.readouterr().out
+    assert cli.main(["--lint"], layout=collection.layout) == cli.EXIT_OK
+
+
+def test_skip_exits_zero_unless_strict(collection, upstream, cache, tmp_path):
+    collection.add_pack("01", "toy", upstream.base, extra_requires='python_deps = ["surely-not-installed-pkg"]')
+    base = ["--pack", "01", "--cache-dir", str(cache), "--run-dir", str(tmp_path / "r")]
+    assert cli.main(base, layout=collection.layout) == cli.EXIT_OK
+    assert cli.main([*base, "--strict"], layout=collection.layout) == cli.EXIT_UNEXPECTED

@@ -1,0 +1,51 @@
+"""Every committed receipt must be well-formed and made from the files as they are now."""
+
+import json
+
+import pytest
+
+from harness import manifest, receipts
+from harness.layout import Layout
+
+from .test_reports import result
+
+LAYOUT = Layout()
+COMMITTED = sorted(LAYOUT.evidence.glob("*.json"))
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=[p.name for p in COMMITTED])
+def test_committed_receipt_is_valid_and_current(path):
+    receipt = json.loads(path.read_text())
+    receipts.validate(receipt, path)
+    pack = manifest.load_pack(LAYOUT.packs / receipt["pack"], LAYOUT)
+    assert receipts.stale_files(receipt, pack) == [], f"{path.name} is stale: rerun the pack on the GPU"
+    expected_name = receipts.receipt_path(pack, receipt["target"]["upstream_ref"], LAYOUT).name
+    assert path.name == expected_name
+    assert receipt["as_expected"] is (receipt["verdict"] in receipt["expected"])
+    for stage in receipt["stages"]:
+        if stage["sentinel"] is not None:
+            assert stage["exit_code"] == 0 and stage["evidence"], "a sentinel is trusted only with exit 0 + EVIDENCE"
+
+
+def test_every_active_pack_has_a_receipt():
+    for folder in manifest.discover(LAYOUT):
+        pack = manifest.load_pack(folder, LAYOUT)
+        if not pack.retired:
+            assert receipts.receipt_path(pack, None, LAYOUT).is_file(), f"{pack.name} has no GPU receipt yet"
+
+
+def test_receipt_is_refused_for_a_skip(collection, upstream):
+    pack = manifest.load_pack(collection.add_pack("01", "toy", upstream.base), collection.layout)
+    skipped = result("SKIPPED", False)
+    skipped.stages = []
+    with pytest.raises(receipts.ReceiptError, match="measured nothing"):
+        receipts.build(skipped, pack, ["runner.py"], collection.layout)
+
+
+def test_stale_receipt_is_detected(collection, upstream):
+    folder = collection.add_pack("01", "toy", upstream.base)
+    pack = manifest.load_pack(folder, collection.layout)
+    receipt = {"hashes": receipts.current_hashes(pack)}
+    assert receipts.stale_files(receipt, pack) == []
+    (folder / "repro.py").write_text((folder / "repro.py").read_text() + "\n# changed\n")
+    assert receipts.stale_files(receipt, pack) == ["repro.py"]

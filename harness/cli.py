@@ -11,8 +11,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from . import bundle, manifest, receipts, reports, sources, verdicts
 from . import lint as lint_mod
-from . import manifest, receipts, reports, verdicts
 from .layout import Layout, default_cache_dir
 from .pipeline import RunOptions, run_pack
 
@@ -43,13 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     how = p.add_argument_group("how to run")
     how.add_argument("--timeout", type=int, metavar="S", help="per-stage timeout in seconds (default: the pack's)")
     how.add_argument("--keep", action="store_true", help="keep the work copies after the run")
-    how.add_argument("--python", default=sys.executable, help="interpreter for the reproducers")
+    how.add_argument("--interpreter", default=sys.executable, help="Python interpreter for the reproducers")
     how.add_argument("--run-dir", type=Path, default=None, help="where logs go (default: runs/<timestamp>)")
     how.add_argument("--strict", action="store_true", help="count SKIPPED as unexpected in the exit code")
     out = p.add_argument_group("outputs")
     out.add_argument("--json", type=Path, metavar="PATH", help="write results as JSON")
     out.add_argument("--junit", type=Path, metavar="PATH", help="write results as JUnit XML")
     out.add_argument("--receipt", action="store_true", help="write evidence/<pack>.json for each run pack")
+    off = p.add_argument_group("offline bundles (GPU nodes without network)")
+    off.add_argument("--bundle", type=Path, metavar="DIR",
+                     help="write an offline bundle for the selected packs (needs the package index)")
+    off.add_argument("--python", default=f"{sys.version_info.major}.{sys.version_info.minor}", metavar="X.Y",
+                     help="with --bundle: the GPU node's Python version (default: this one)")
+    off.add_argument("--platform", action="append", metavar="TAG",
+                     help="with --bundle: wheel platform tags for the node (default: x86_64 manylinux)")
+    off.add_argument("--bundle-ref", action="append", default=[], metavar="REF",
+                     help="with --bundle: also carry the sources at this upstream ref (repeatable)")
+    off.add_argument("--offline", type=Path, metavar="DIR", help="run from a bundle made by --bundle, no network")
     return p
 
 
@@ -77,16 +87,29 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
     if args.source and len(packs) != 1:
         err.print("[red]error:[/] --source DIR names one checkout; use it with exactly one --pack")
         return EXIT_USAGE
+    cache_dir = (args.cache_dir or default_cache_dir()).resolve()
+    start = time.monotonic()
+    progress = lambda msg: err.print(f"[dim]{time.monotonic() - start:6.1f}s[/] {msg}")  # noqa: E731
+    if args.bundle:
+        return _bundle(args, packs, cache_dir, progress, console, err)
+    extra_path: list[Path] = []
+    bundle_info = None
+    if args.offline:
+        try:
+            cache_dir, extra_path, manifest_ = bundle.open_bundle(args.offline.resolve(), progress)
+        except bundle.BundleError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            return EXIT_USAGE
+        bundle_info = {"path": str(args.offline.resolve()), "created_at": manifest_["created_at"],
+                       "wheels": manifest_["wheels"], "pruned": manifest_["pruned"]}
 
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     opts = RunOptions(
-        cache_dir=(args.cache_dir or default_cache_dir()).resolve(),
-        run_dir=(args.run_dir or layout.runs / stamp).resolve(),
+        cache_dir=cache_dir, run_dir=(args.run_dir or layout.runs / stamp).resolve(),
         layout=layout, upstream_ref=args.upstream, check_only=args.check, keep=args.keep,
-        timeout_s=args.timeout, source_dir=args.source, source_kind=args.source_kind, python=args.python,
+        timeout_s=args.timeout, source_dir=args.source, source_kind=args.source_kind, python=args.interpreter,
+        extra_pythonpath=extra_path, bundle=bundle_info,
     )
-    start = time.monotonic()
-    progress = lambda msg: err.print(f"[dim]{time.monotonic() - start:6.1f}s[/] {msg}")  # noqa: E731
     results = [run_pack(pack, opts, progress) for pack in packs]
 
     reports.print_table(results, console)
@@ -107,6 +130,21 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
     if skipped and not args.strict:
         err.print(f"[yellow]{len(skipped)} pack(s) SKIPPED[/] (see the reasons above; --strict makes that fail)")
     return EXIT_UNEXPECTED if bad else EXIT_OK
+
+
+def _bundle(args, packs, cache_dir: Path, progress, console: Console, err: Console) -> int:
+    try:
+        made = bundle.create(packs, args.bundle.resolve(), args.python,
+                             tuple(args.platform) if args.platform else bundle.DEFAULT_PLATFORMS,
+                             cache_dir, [*([args.upstream] if args.upstream else []), *args.bundle_ref], progress)
+    except (bundle.BundleError, sources.SourceError) as exc:
+        err.print(f"[red]error:[/] pack bundle: {exc}")
+        return EXIT_USAGE
+    size = sum((args.bundle / name).stat().st_size for name in made["files"])
+    console.print(f"bundle written: {args.bundle} ({size / 2**20:.1f} MiB, {len(made['files'])} files) for "
+                  f"{', '.join(made['packs'])}; wheels: {', '.join(made['wheels']) or 'none'}")
+    console.print(f"on the node: python runner.py --offline {args.bundle} " + " ".join(f"--pack {p.id}" for p in packs))
+    return EXIT_OK
 
 
 def _lint(layout: Layout, console: Console) -> int:

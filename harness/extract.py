@@ -30,7 +30,7 @@ def extract_archive(archive: Path, dest: Path, strip_top: bool = True) -> None:
     dest.mkdir(parents=True)
     if archive.name.endswith((".tar.gz", ".tgz", ".tar")):
         _extract_tar(archive, dest, strip_top)
-    elif archive.name.endswith(".zip"):
+    elif archive.name.endswith((".zip", ".whl")):
         _extract_zip(archive, dest, strip_top)
     else:
         raise UnsafeArchiveError(f"{archive.name}: unknown archive type")

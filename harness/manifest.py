@@ -50,6 +50,8 @@ class Pack:
     min_capability: str | None
     gpus: int
     python_deps: tuple[str, ...]
+    wheels: tuple[str, ...]
+    bundle_prune: tuple[str, ...]
     claim: dict[str, str]
     upstream: dict[str, Any]
     timeout_s: int
@@ -137,7 +139,7 @@ def load_pack(pack_dir: Path, layout: Layout | None = None) -> Pack:
             raise ManifestError(f"{manifest}: field 'import.paths'/'source.paths': '{path}' leaves the checkout")
     if source_paths:
         for path in import_paths:
-            if not any(_inside(path, s) for s in source_paths):
+            if Path(path).parts and not any(_inside(path, s) for s in source_paths):
                 raise ManifestError(
                     f"{manifest}: field 'import.paths': '{path}' is not inside any of source.paths {source_paths}"
                 )
@@ -163,6 +165,8 @@ def load_pack(pack_dir: Path, layout: Layout | None = None) -> Pack:
         min_capability=req.get("min_capability"),
         gpus=req.get("gpus", 1 if req["gpu"] else 0),
         python_deps=tuple(req.get("python_deps", ())),
+        wheels=tuple(req.get("wheels", ())),
+        bundle_prune=tuple(req.get("bundle_prune", ())),
         claim=dict(data["claim"]),
         upstream=dict(data["upstream"]),
         timeout_s=data["run"].get("timeout_s", DEFAULT_TIMEOUT_S),

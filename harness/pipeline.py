@@ -30,6 +30,8 @@ class RunOptions:
     source_dir: Path | None = None
     source_kind: str = "auto"  # auto | git | sdist
     python: str = sys.executable
+    extra_pythonpath: list[Path] = field(default_factory=list)  # an offline bundle's wheel tree
+    bundle: dict[str, Any] | None = None  # what --offline ran from
 
 
 @dataclass
@@ -43,6 +45,7 @@ class StageRecord:
     duration_s: float
     error: str | None
     log: str
+    compile_caches: dict[str, str] | None = None  # kernel-compiler caches before this stage: cold or warm
 
     def outcome(self) -> verdicts.StageOutcome:
         return verdicts.StageOutcome(self.sentinel, self.timed_out, self.error)
@@ -68,6 +71,7 @@ class PackResult:
     durations: dict[str, float] = field(default_factory=dict)
     started_at: str = ""
     log_dir: str = ""
+    bundle: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,7 +93,7 @@ def run_pack(pack: Pack, opts: RunOptions, progress: Progress) -> PackResult:
         pack=pack.name, id=pack.id, title=pack.title, repo=pack.repo,
         ref=opts.upstream_ref or pack.base_ref, upstream_ref=opts.upstream_ref, commit=None,
         verdict=verdicts.ERROR, reason="", expected=[], as_expected=False,
-        started_at=started, log_dir=str(pack_dir),
+        started_at=started, log_dir=str(pack_dir), bundle=opts.bundle,
     )
     result.expected = list(verdicts.expected(pack.expect, opts.upstream_ref, opts.check_only))
     say = lambda msg: progress(f"[{pack.id}] {msg}")  # noqa: E731
@@ -178,12 +182,13 @@ def _run(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path, say: 
         raise _Stop(verdict, reason)
 
     say("probing the environment")
-    info = environment.probe(opts.python, environment.dist_names(pack.python_deps))
+    info = environment.probe(opts.python, environment.dist_names(pack.python_deps), _env_with(opts, []))
     result.environment = info
     unmet = environment.unmet_requirements(info, pack.gpu, pack.min_capability, pack.gpus, pack.python_deps)
     if unmet:
         raise _Stop(verdicts.SKIPPED, "; ".join(unmet))
 
+    result.environment["compile_caches"] = compile_cache_state()
     artifacts = pack_dir / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     timeout = opts.timeout_s or pack.timeout_s
@@ -199,17 +204,34 @@ def _run(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path, say: 
         result.reason += ": " + "; ".join(patch.failures)
 
 
+def compile_cache_state() -> dict[str, str]:
+    """Whether the kernel compilers' caches held anything before the run: cold runs include compiles."""
+    home = Path.home()
+    dirs = {"triton": os.environ.get("TRITON_CACHE_DIR") or home / ".triton" / "cache",
+            "tilelang": os.environ.get("TILELANG_CACHE_DIR") or home / ".tilelang" / "cache"}
+    return {name: ("warm" if Path(d).is_dir() and any(Path(d).iterdir()) else "cold") for name, d in dirs.items()}
+
+
+def _env_with(opts: RunOptions, first: list[Path]) -> dict[str, str]:
+    """os.environ with PYTHONPATH = first, then the bundle's wheels, then what was already set."""
+    env = dict(os.environ)
+    inherited = env.get("PYTHONPATH")
+    parts = [str(p) for p in (*first, *opts.extra_pythonpath)] + ([inherited] if inherited else [])
+    if parts:
+        env["PYTHONPATH"] = os.pathsep.join(parts)
+    return env
+
+
 def _stage(name: str, tree: Path, pack: Pack, opts: RunOptions, pack_dir: Path, artifacts: Path,
            timeout: int, source: sources.Source, say: Progress) -> StageRecord:
     roots = importing.python_path(tree, pack.import_paths)
     site = importing.write_sitecustomize(pack_dir / "work" / f"{name}-site", roots, pack.skip_init)
-    entries = ([str(site.parent)] if site else []) + [str(r) for r in roots]
-    env = dict(os.environ)
-    inherited = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = os.pathsep.join(entries + ([inherited] if inherited else []))
+    entries = ([site.parent] if site else []) + roots
+    env = _env_with(opts, entries)
     env.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "REPRO_ARTIFACTS": str(artifacts)})
     cwd = pack_dir / "work" / f"{name}-cwd"
     cwd.mkdir(parents=True, exist_ok=True)
+    caches = compile_cache_state()
     say(f"running the reproducer on the {name} tree (timeout {timeout}s)")
     header = (f"# pack {pack.name} stage {name}\n# source {source.kind} {source.repo}@{source.commit or source.sdist}"
               f"\n# PYTHONPATH={env['PYTHONPATH']}\n")
@@ -227,4 +249,4 @@ def _stage(name: str, tree: Path, pack: Pack, opts: RunOptions, pack_dir: Path, 
     trusted = parsed.sentinel if error is None else None
     say(f"{name}: {trusted or 'no trusted sentinel'} in {done.duration_s:.1f}s" + (f" ({error})" if error else ""))
     return StageRecord(name, trusted, parsed.extras if error is None else [], parsed.evidence, done.exit_code,
-                       done.timed_out, round(done.duration_s, 2), error, str(done.log))
+                       done.timed_out, round(done.duration_s, 2), error, str(done.log), caches)

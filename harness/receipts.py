@@ -76,7 +76,22 @@ def build(result: PackResult, pack: Pack, command: list[str], layout: Layout) ->
     }
 
 
+def _run_record(receipt: dict[str, Any]) -> dict[str, Any]:
+    return {"date": receipt["date"], "compile_caches": receipt["environment"].get("compile_caches"),
+            "total_s": receipt["durations"].get("total_s"),
+            "stages_s": {s["name"]: s["duration_s"] for s in receipt["stages"]}}
+
+
 def write(receipt: dict[str, Any], path: Path) -> Path:
+    """Write the receipt; earlier runs of the very same files and commit (cold and warm compile
+    caches, say) are kept in `runs`, newest last, at most five."""
+    runs = []
+    if path.is_file():
+        old = json.loads(path.read_text())
+        same = old.get("hashes") == receipt["hashes"] and old.get("target") == receipt["target"]
+        if same and old.get("verdict") == receipt["verdict"]:
+            runs = old.get("runs") or [_run_record(old)]
+    receipt["runs"] = [*runs, _run_record(receipt)][-5:]
     validate(receipt, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(receipt, indent=2, sort_keys=True) + "\n")

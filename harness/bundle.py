@@ -1,0 +1,219 @@
+"""Offline bundles for GPU nodes without network (DESIGN.md, "Offline bundles").
+
+`--bundle DIR` (on a machine with the package index) writes:
+  packs-site.tar.xz   the packs' pinned extra wheels for the node's Python and platform, unpacked into
+                      one tree (minus each pack's bundle_prune paths) and packed as one xz archive
+  runner-site.tar.xz  the runner's own dependencies, as installed here (they only fill gaps there)
+  cache/              the packs' pristine sources (sparse git trees or sdists, without .git)
+  bundle.json         what is in it, with sha256 of every file
+`--offline DIR` (on the node) checks the hashes, unpacks the wheel trees once and runs from them alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+from . import __version__, offline_boot, sources
+from .extract import extract_archive
+from .manifest import Pack
+
+Progress = Callable[[str], None]
+PACKS_SITE, RUNNER_SITE = "packs-site.tar.xz", "runner-site.tar.xz"
+# manylinux tags pip should accept for an x86_64 node (glibc 2.17 to 2.39)
+DEFAULT_PLATFORMS = ("manylinux2014_x86_64", *(f"manylinux_2_{n}_x86_64" for n in range(17, 40)), "linux_x86_64")
+
+
+class BundleError(Exception):
+    pass
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def runner_requirements() -> list[str]:
+    """The harness's runtime dependencies and theirs, pinned to what is installed here."""
+    todo, seen, pins = ["upstream-repro"], set(), []
+    while todo:
+        name = todo.pop()
+        key = name.lower().replace("_", "-")
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if key != "upstream-repro":
+            pins.append(f"{dist.metadata['Name']}=={dist.version}")
+        for raw in dist.requires or []:
+            req = Requirement(raw)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return sorted(pins)
+
+
+def download_wheels(specs: list[str], dest: Path, python: str, platforms: tuple[str, ...], progress: Progress) -> None:
+    """pip download, no dependencies: every pin is named in the pack or by runner_requirements()."""
+    if not specs:
+        return
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+           "--python-version", python, "--implementation", "cp", "--dest", str(dest)]
+    for platform in platforms:
+        cmd += ["--platform", platform]
+    progress(f"downloading wheels for Python {python}: {', '.join(specs)}")
+    proc = subprocess.run([*cmd, *specs], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BundleError(f"pip download failed for {specs}: {proc.stderr.strip()[-800:]}")
+
+
+def unpack_wheels(wheels: Path, tree: Path, prune: tuple[str, ...]) -> list[str]:
+    """Unpack every wheel into one tree the way an installer lays it out; drop pruned paths."""
+    tree.mkdir(parents=True, exist_ok=True)
+    for wheel in sorted(wheels.glob("*.whl")):
+        staging = Path(tempfile.mkdtemp(dir=tree.parent))
+        shutil.rmtree(staging)
+        extract_archive(wheel, staging, strip_top=False)
+        for data in staging.glob("*.data"):
+            for kind in ("purelib", "platlib"):
+                if (data / kind).is_dir():
+                    shutil.copytree(data / kind, staging, dirs_exist_ok=True)
+                    shutil.rmtree(data / kind)
+        shutil.copytree(staging, tree, dirs_exist_ok=True)
+        shutil.rmtree(staging)
+    removed = []
+    for pattern in prune:
+        for path in sorted(tree.glob(pattern)):
+            removed.append(str(path.relative_to(tree)))
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return removed
+
+
+def pack_tree(tree: Path, archive: Path) -> None:
+    """tree -> archive (.tar.xz, preset 9; the xz tool's threads when it is installed)."""
+    plain = archive.with_suffix("")  # .tar
+    with tarfile.open(plain, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(tree.rglob("*")):
+            if path.is_file() or path.is_dir():
+                info = tar.gettarinfo(str(path), arcname=str(path.relative_to(tree)))
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                if path.is_file():
+                    with open(path, "rb") as fh:
+                        tar.addfile(info, fh)
+                else:
+                    tar.addfile(info)
+    if shutil.which("xz"):
+        subprocess.run(["xz", "-T0", "-9", "-f", str(plain)], check=True)
+    else:  # pragma: no cover - xz is on every machine we know
+        with open(plain, "rb") as src, lzma.open(archive, "wb", preset=9) as dst:
+            shutil.copyfileobj(src, dst)
+        plain.unlink()
+
+
+def _copy_entry(entry: Path, cache: Path, dest_cache: Path) -> str:
+    rel = entry.relative_to(cache)
+    target = dest_cache / rel
+    if target.exists():
+        sources.remove_tree(target)
+    shutil.copytree(entry, target, symlinks=True, ignore=shutil.ignore_patterns(".git", "archive"))
+    return str(rel)
+
+
+def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...], cache: Path,
+           refs: list[str], progress: Progress) -> dict:
+    dest.mkdir(parents=True, exist_ok=True)
+    dest_cache = dest / "cache"
+    entries: dict[str, list[dict]] = {}
+    for pack in packs:
+        got = []
+        try:
+            got.append(sources.acquire_git(pack.repo, pack.base_ref, pack.base_commit, "pinned",
+                                           pack.source_paths, cache, progress))
+        except sources.SourceError:
+            if not pack.sdist:
+                raise
+            got.append(sources.acquire_sdist(pack.repo, pack.base_ref, pack.sdist, pack.sdist_sha256, cache,
+                                             progress))
+        for ref in refs:
+            try:
+                commit, how = sources.resolve_ref(pack.repo, ref, cache, progress)
+            except sources.SourceError as exc:
+                progress(f"{pack.name}: not carrying {ref}: {exc}")
+                continue
+            got.append(sources.acquire_git(pack.repo, ref, commit, how, pack.source_paths, cache, progress))
+        entries[pack.name] = []
+        for src in got:
+            rel = _copy_entry(src.tree.parent, cache, dest_cache)
+            entries[pack.name].append({"kind": src.kind, "ref": src.ref, "commit": src.commit,
+                                       "sdist": src.sdist, "entry": rel})
+        refs_file = cache / "refs" / f"{pack.repo.replace('/', '+')}.json"
+        if refs and refs_file.is_file():
+            (dest_cache / "refs").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(refs_file, dest_cache / "refs" / refs_file.name)
+
+    work = Path(tempfile.mkdtemp(prefix="bundle-", dir=dest))
+    try:
+        pins = sorted({w for p in packs for w in p.wheels})
+        prune = tuple(sorted({g for p in packs for g in p.bundle_prune}))
+        download_wheels(pins, work / "packs-wheels", python, platforms, progress)
+        removed = unpack_wheels(work / "packs-wheels", work / "packs-site", prune) if pins else []
+        runner_pins = runner_requirements()
+        download_wheels(runner_pins, work / "runner-wheels", python, platforms, progress)
+        unpack_wheels(work / "runner-wheels", work / "runner-site", ())
+        progress("packing the wheel trees (xz -9)")
+        if pins:
+            pack_tree(work / "packs-site", dest / PACKS_SITE)
+        pack_tree(work / "runner-site", dest / RUNNER_SITE)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    files = {str(p.relative_to(dest)): _sha256(p) for p in sorted(dest.rglob("*"))
+             if p.is_file() and p.name != offline_boot.MANIFEST}
+    manifest = {
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "runner_version": __version__,
+        "python": python,
+        "platforms": list(platforms),
+        "packs": entries,
+        "wheels": pins,
+        "pruned": removed,
+        "runner_wheels": runner_pins,
+        "packs_site": PACKS_SITE if pins else None,
+        "runner_site": RUNNER_SITE,
+        "files": files,
+    }
+    (dest / offline_boot.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def open_bundle(bundle: Path, progress: Progress) -> tuple[Path, list[Path], dict]:
+    """Verify a bundle and make it usable: (source cache, PYTHONPATH entries for reproducers, manifest)."""
+    path = bundle / offline_boot.MANIFEST
+    if not path.is_file():
+        raise BundleError(f"--offline {bundle}: no {offline_boot.MANIFEST}; make one with --bundle")
+    manifest = json.loads(path.read_text())
+    progress(f"offline bundle {bundle} (made {manifest['created_at']}): checking {len(manifest['files'])} files")
+    bad = [name for name, digest in manifest["files"].items()
+           if not (bundle / name).is_file() or _sha256(bundle / name) != digest]
+    if bad:
+        raise BundleError(f"--offline {bundle}: files missing or changed since bundling: {bad[:5]}")
+    site = [offline_boot.unpack(bundle, manifest["packs_site"])] if manifest.get("packs_site") else []
+    return bundle / "cache", site, manifest

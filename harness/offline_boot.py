@@ -1,0 +1,63 @@
+"""Stdlib-only start-up for `runner.py --offline DIR` on a node without network: unpack the bundle's
+runner dependencies and append them to sys.path *after* everything installed (they only fill gaps),
+before the harness imports jsonschema, rich or packaging."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import os
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+MANIFEST = "bundle.json"
+
+
+def unpack_dir(bundle: Path) -> Path:
+    """Where this bundle's wheel trees are unpacked: the bundle folder may be read-only."""
+    digest = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()[:16]
+    return Path(os.environ.get("REPRO_OFFLINE_UNPACK", tempfile.gettempdir())) / f"upstream-repro-bundle-{digest}"
+
+
+def unpack(bundle: Path, archive: str) -> Path:
+    """Unpack bundle/archive (a .tar.xz of one wheel tree) once; later calls reuse it."""
+    target = unpack_dir(bundle) / archive.removesuffix(".tar.xz")
+    done = target.with_name(target.name + ".done")
+    if done.is_file():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    with lzma.open(bundle / archive) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+        for member in tar:
+            name = os.path.normpath(member.name)
+            if name.startswith(("/", "..")) or not (member.isfile() or member.isdir()):
+                raise RuntimeError(f"{archive}: refusing member {member.name!r}")
+            if member.isdir():
+                (target / name).mkdir(parents=True, exist_ok=True)
+                continue
+            out = target / name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            src = tar.extractfile(member)
+            with src, open(out, "wb") as fh:
+                while chunk := src.read(1 << 20):
+                    fh.write(chunk)
+            out.chmod(0o755 if member.mode & 0o111 else 0o644)
+    done.write_text("ok\n")
+    return target
+
+
+def boot(argv: list[str]) -> None:
+    """Called by runner.py before the harness is imported."""
+    if "--offline" not in argv:
+        return
+    i = argv.index("--offline")
+    if i + 1 >= len(argv):
+        return  # argparse will report the missing folder
+    bundle = Path(argv[i + 1]).resolve()
+    if not (bundle / MANIFEST).is_file():
+        return  # the CLI will say that this is not a bundle
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    if manifest.get("runner_site"):
+        sys.path.append(str(unpack(bundle, manifest["runner_site"])))

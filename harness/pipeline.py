@@ -103,6 +103,8 @@ def run_pack(pack: Pack, opts: RunOptions, progress: Progress) -> PackResult:
         _run(pack, opts, result, pack_dir, say)
     except _Stop as stop:
         result.verdict, result.reason = stop.verdict, stop.reason
+    except sources.SourceUnreachable as exc:
+        result.verdict, result.reason = verdicts.SKIPPED, f"upstream sources cannot be reached here: {exc}"
     except (sources.SourceError, importing.ImportSetupError) as exc:
         result.verdict, result.reason = verdicts.ERROR, f"pack {pack.name}: {exc}"
     finally:

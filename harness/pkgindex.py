@@ -25,7 +25,11 @@ ACCEPT = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
 
 
 class PackageIndexError(Exception):
-    """The index could not be reached or does not hold what the pack pins."""
+    """The index does not hold what the pack pins, or served something else."""
+
+
+class IndexUnreachable(PackageIndexError):
+    """No configured index answered at all."""
 
 
 @dataclass(frozen=True)
@@ -133,13 +137,18 @@ def find_sdist(requirement: str) -> ReleaseFile:
     cfg = index_config()
     if not cfg.index_urls:
         raise PackageIndexError("pip is configured with no http(s) index; cannot look up " + requirement)
-    problems = []
+    problems, answered = [], False
     for index_url in cfg.index_urls:
         try:
             files = _project_files(index_url, name)
+        except urllib.error.HTTPError as exc:  # it answered: the project is not there
+            answered = True
+            problems.append(f"{index_url}: {exc}")
+            continue
         except (urllib.error.URLError, OSError, ValueError) as exc:
             problems.append(f"{index_url}: {exc}")
             continue
+        answered = True
         for f in files:
             if not f.filename.endswith((".tar.gz", ".zip")):
                 continue
@@ -150,7 +159,7 @@ def find_sdist(requirement: str) -> ReleaseFile:
             if fname == canonicalize_name(name) and str(fversion) == version:
                 return f
         problems.append(f"{index_url}: no sdist for {requirement}")
-    raise PackageIndexError("; ".join(problems))
+    raise (PackageIndexError if answered else IndexUnreachable)("; ".join(problems))
 
 
 def download(release: ReleaseFile, dest: Path, expected_sha256: str) -> Path:

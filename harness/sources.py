@@ -37,6 +37,10 @@ class SourceError(Exception):
     """Sources could not be had; the message says what was tried and what to do."""
 
 
+class SourceUnreachable(SourceError):
+    """The remote or the index could not be reached at all: a property of this machine, not of the pack."""
+
+
 @dataclass(frozen=True)
 class Source:
     kind: str  # git | sdist | local
@@ -81,7 +85,7 @@ def resolve_ref(repo: str, ref: str, cache: Path, progress: Progress) -> tuple[s
         known = _read_json(record_file).get(ref)
         if known:
             return known["commit"], f"cache (resolved {known['resolved_at']}; remote unreachable: {exc})"
-        raise SourceError(
+        raise SourceUnreachable(
             f"cannot resolve {repo}@{ref}: {exc}. Check the network, or point git at a mirror with "
             f"`git config --global url.<mirror>.insteadOf {url}`."
         ) from exc
@@ -168,7 +172,9 @@ def acquire_git(repo: str, ref: str, commit: str, resolution: str, paths: tuple[
                 raise SourceError(f"{repo}@{commit[:12]}: source path '{p}' does not exist at that commit")
     except (GitError, OSError) as exc:
         remove_tree(staging)
-        raise SourceError(f"git clone of {url} at {commit[:12]} failed: {exc}") from exc
+        unreachable = isinstance(exc, GitError) and any(sign in exc.stderr for sign in UNREACHABLE)
+        raise (SourceUnreachable if unreachable else SourceError)(
+            f"git clone of {url} at {commit[:12]} failed: {exc}") from exc
     except SourceError:
         remove_tree(staging)
         raise
@@ -200,10 +206,16 @@ def acquire_sdist(repo: str, ref: str, requirement: str, sha256: str, cache: Pat
     progress(f"looking up {requirement} on the configured package index")
     try:
         release = pkgindex.find_sdist(requirement)
-        staging = _staging(cache)
+    except pkgindex.IndexUnreachable as exc:
+        raise SourceUnreachable(f"release sdist {requirement}: {exc}") from exc
+    except pkgindex.PackageIndexError as exc:
+        raise SourceError(f"release sdist {requirement}: {exc}") from exc
+    staging = _staging(cache)
+    try:
         progress(f"downloading {release.filename}")
         archive = pkgindex.download(release, staging / "archive", sha256)
     except pkgindex.PackageIndexError as exc:
+        remove_tree(staging)
         raise SourceError(f"release sdist {requirement}: {exc}") from exc
     try:
         extract_archive(archive, staging / "tree")

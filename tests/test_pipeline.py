@@ -132,3 +132,17 @@ def test_artifacts_dir_is_shared_between_stages(collection, upstream, opts):
     assert result.verdict == "CONFIRMED"
     assert result.stages[1].evidence == {"before": 1, "now": 2}
     json.dumps(result.to_dict(), default=str)  # the whole result serialises
+
+
+def test_unreachable_upstream_is_a_skip_not_an_error(collection, upstream, opts, monkeypatch):
+    # git itself sends the upstream URL to a host that does not resolve: no network, no mirror
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "url.https://nowhere.invalid/widget.insteadOf")
+    folder = collection.add_pack("01", "toy", upstream.base)
+    result = run(collection, opts, folder)
+    assert result.verdict == "SKIPPED" and "cannot be reached" in result.reason
+
+
+def test_a_wrong_commit_is_still_an_error(collection, upstream, opts):
+    folder = collection.add_pack("01", "toy", "0" * 40)
+    result = run(collection, opts, folder)
+    assert result.verdict == "ERROR"

@@ -182,3 +182,10 @@ def test_extraction_strips_the_top_folder(tmp_path):
     make_sdist(archive, {"a/b.py": b"1"})
     extract_archive(archive, tmp_path / "out")
     assert (tmp_path / "out" / "a" / "b.py").read_text() == "1"
+
+
+def test_unreachable_index_is_told_apart(cache, monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens on the discard port
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    with pytest.raises(sources.SourceUnreachable):
+        sources.acquire_sdist("acme/widget", "v1.0", "widget==1.0", "0" * 64, cache, noop)

@@ -143,15 +143,7 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
     dest_cache = dest / "cache"
     entries: dict[str, list[dict]] = {}
     for pack in packs:
-        got = []
-        try:
-            got.append(sources.acquire_git(pack.repo, pack.base_ref, pack.base_commit, "pinned",
-                                           pack.source_paths, cache, progress))
-        except sources.SourceError:
-            if not pack.sdist:
-                raise
-            got.append(sources.acquire_sdist(pack.repo, pack.base_ref, pack.sdist, pack.sdist_sha256, cache,
-                                             progress))
+        got = [sources.acquire_base(pack, cache, "auto", progress)]
         for ref in refs:
             try:
                 commit, how = sources.resolve_ref(pack.repo, ref, cache, progress)

@@ -6,7 +6,9 @@ import posixpath
 import shutil
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 
 class UnsafeArchiveError(Exception):
@@ -21,7 +23,7 @@ def _checked_name(name: str, archive: Path) -> str:
 
 
 def extract_archive(archive: Path, dest: Path, strip_top: bool = True) -> None:
-    """Extract a .tar.gz / .zip into dest (which must not exist yet).
+    """Extract a .tar.gz / .zip / .whl into dest (which must not exist yet).
 
     Refused: absolute paths, '..', links of any kind, device files. Only regular files and
     directories are written, with the archive's executable bit and no ownership.
@@ -29,11 +31,48 @@ def extract_archive(archive: Path, dest: Path, strip_top: bool = True) -> None:
     """
     dest.mkdir(parents=True)
     if archive.name.endswith((".tar.gz", ".tgz", ".tar")):
-        _extract_tar(archive, dest, strip_top)
+        with tarfile.open(archive) as tar:
+            _write([_tar_entry(tar, m, archive) for m in tar.getmembers()], dest, strip_top, archive)
     elif archive.name.endswith((".zip", ".whl")):
-        _extract_zip(archive, dest, strip_top)
+        with zipfile.ZipFile(archive) as zf:
+            _write([_zip_entry(zf, i, archive) for i in zf.infolist()], dest, strip_top, archive)
     else:
         raise UnsafeArchiveError(f"{archive.name}: unknown archive type")
+
+
+# (name, is a folder, unix mode, open the member's bytes)
+Entry = tuple[str, bool, int, Callable[[], IO[bytes]]]
+
+
+def _tar_entry(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) -> Entry:
+    if member.issym() or member.islnk():
+        raise UnsafeArchiveError(f"{archive.name}: member '{member.name}' is a link; refused")
+    if not (member.isfile() or member.isdir()):
+        raise UnsafeArchiveError(f"{archive.name}: member '{member.name}' is not a file or folder")
+    return member.name, member.isdir(), member.mode, lambda: tar.extractfile(member)
+
+
+def _zip_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: Path) -> Entry:
+    mode = info.external_attr >> 16
+    if mode and (mode & 0o170000) == 0o120000:
+        raise UnsafeArchiveError(f"{archive.name}: member '{info.filename}' is a link; refused")
+    return info.filename, info.is_dir(), mode, lambda: zf.open(info)
+
+
+def _write(entries: list[Entry], dest: Path, strip_top: bool, archive: Path) -> None:
+    _check_single_top([name for name, *_ in entries], strip_top, archive)
+    for name, is_dir, mode, open_member in entries:
+        rel = _strip(_checked_name(name, archive), strip_top, archive)
+        if rel is None or rel == ".":
+            continue
+        target = _target(dest, rel, archive)
+        if is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open_member() as source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out)
+        target.chmod(0o755 if mode & 0o111 else 0o644)
 
 
 def _strip(norm: str, strip_top: bool, archive: Path) -> str | None:
@@ -50,53 +89,6 @@ def _target(dest: Path, rel: str, archive: Path) -> Path:
     if not target.is_relative_to(dest.resolve()):
         raise UnsafeArchiveError(f"{archive.name}: member '{rel}' would be written outside the target")
     return target
-
-
-def _extract_tar(archive: Path, dest: Path, strip_top: bool) -> None:
-    with tarfile.open(archive) as tar:
-        members = tar.getmembers()
-        _check_single_top([m.name for m in members], strip_top, archive)
-        for member in members:
-            norm = _checked_name(member.name, archive)
-            if member.issym() or member.islnk():
-                raise UnsafeArchiveError(f"{archive.name}: member '{member.name}' is a link; refused")
-            if not (member.isfile() or member.isdir()):
-                raise UnsafeArchiveError(f"{archive.name}: member '{member.name}' is not a file or folder")
-            rel = _strip(norm, strip_top, archive)
-            if rel is None or rel == ".":
-                continue
-            target = _target(dest, rel, archive)
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            source = tar.extractfile(member)
-            assert source is not None
-            with source, open(target, "wb") as out:
-                shutil.copyfileobj(source, out)
-            target.chmod(0o755 if member.mode & 0o111 else 0o644)
-
-
-def _extract_zip(archive: Path, dest: Path, strip_top: bool) -> None:
-    with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
-        _check_single_top([i.filename for i in infos], strip_top, archive)
-        for info in infos:
-            norm = _checked_name(info.filename, archive)
-            mode = info.external_attr >> 16
-            if mode and (mode & 0o170000) == 0o120000:
-                raise UnsafeArchiveError(f"{archive.name}: member '{info.filename}' is a link; refused")
-            rel = _strip(norm, strip_top, archive)
-            if rel is None or rel == ".":
-                continue
-            target = _target(dest, rel, archive)
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as source, open(target, "wb") as out:
-                shutil.copyfileobj(source, out)
-            target.chmod(0o755 if mode & 0o111 else 0o644)
 
 
 def _check_single_top(names: list[str], strip_top: bool, archive: Path) -> None:

@@ -57,3 +57,11 @@ def write_sitecustomize(site_dir: Path, roots: list[Path], skip_init: tuple[str,
     target = site_dir / "sitecustomize.py"
     target.write_text(SITECUSTOMIZE.format(packages=json.dumps(packages)))
     return target
+
+
+def path_entries(tree: Path, import_paths: tuple[str, ...], skip_init: tuple[str, ...], site_dir: Path) -> list[Path]:
+    """PYTHONPATH entries for importing the target from `tree`: the generated sitecustomize's folder
+    (when packages skip their __init__), then the checkout's import paths."""
+    roots = python_path(tree, import_paths)
+    site = write_sitecustomize(site_dir, roots, skip_init)
+    return ([site.parent] if site else []) + roots

@@ -68,7 +68,7 @@ def lint_pack(pack_dir: Path, layout: Layout) -> tuple[Pack | None, list[str]]:
             problems += check_unified_diff(pack.patch_path)
             if pack.source_paths:
                 for f in patch_files(pack.patch_path):
-                    if not any(Path(f).parts[: len(Path(s).parts)] == Path(s).parts for s in pack.source_paths):
+                    if not any(manifest.inside(f, s) for s in pack.source_paths):
                         problems.append(f"{pack.name}: the patch touches '{f}', outside source.paths")
     if pack.readme_path.is_file():
         readme = pack.readme_path.read_text(encoding="utf-8")

@@ -139,7 +139,7 @@ def load_pack(pack_dir: Path, layout: Layout | None = None) -> Pack:
             raise ManifestError(f"{manifest}: field 'import.paths'/'source.paths': '{path}' leaves the checkout")
     if source_paths:
         for path in import_paths:
-            if Path(path).parts and not any(_inside(path, s) for s in source_paths):
+            if Path(path).parts and not any(inside(path, s) for s in source_paths):
                 raise ManifestError(
                     f"{manifest}: field 'import.paths': '{path}' is not inside any of source.paths {source_paths}"
                 )
@@ -176,7 +176,8 @@ def load_pack(pack_dir: Path, layout: Layout | None = None) -> Pack:
     )
 
 
-def _inside(path: str, parent: str) -> bool:
+def inside(path: str, parent: str) -> bool:
+    """Is relative path `path` equal to or under `parent`?"""
     p, q = Path(path).parts, Path(parent).parts
     return p[: len(q)] == q
 

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -124,31 +124,7 @@ def _acquire(pack: Pack, opts: RunOptions, say: Progress) -> sources.Source:
         commit, how = sources.resolve_ref(pack.repo, opts.upstream_ref, opts.cache_dir, say)
         return sources.acquire_git(pack.repo, opts.upstream_ref, commit, how, pack.source_paths,
                                    opts.cache_dir, say)
-    if opts.source_kind == "sdist" or (opts.source_kind == "auto" and _sdist_cached(pack, opts)):
-        if not pack.sdist:
-            raise sources.SourceError(f"pack {pack.name} declares no release sdist for {pack.base_ref}")
-        return sources.acquire_sdist(pack.repo, pack.base_ref, pack.sdist, pack.sdist_sha256,
-                                     opts.cache_dir, say)
-    try:
-        return sources.acquire_git(pack.repo, pack.base_ref, pack.base_commit, "pinned",
-                                   pack.source_paths, opts.cache_dir, say)
-    except sources.SourceError as exc:
-        if opts.source_kind == "git" or not pack.sdist:
-            raise
-        say(f"git unavailable ({str(exc)[:160]}); using the release sdist {pack.sdist}")
-        source = sources.acquire_sdist(pack.repo, pack.base_ref, pack.sdist, pack.sdist_sha256,
-                                       opts.cache_dir, say)
-        return replace(source, note=f"git unavailable: {exc}")
-
-
-def _sdist_cached(pack: Pack, opts: RunOptions) -> bool:
-    """auto prefers a git tree, but an sdist already in the cache beats a network round trip
-    only when no git tree is cached either."""
-    if not pack.sdist_sha256:
-        return False
-    git_cached = (opts.cache_dir / "git" / pack.repo.replace("/", "+") /
-                  (pack.base_commit + sources._paths_key(pack.source_paths)) / "source.json").is_file()
-    return not git_cached and (opts.cache_dir / "sdist" / pack.sdist_sha256 / "source.json").is_file()
+    return sources.acquire_base(pack, opts.cache_dir, opts.source_kind, say)
 
 
 def _run(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path, say: Progress) -> None:
@@ -226,9 +202,7 @@ def _env_with(opts: RunOptions, first: list[Path]) -> dict[str, str]:
 
 def _stage(name: str, tree: Path, pack: Pack, opts: RunOptions, pack_dir: Path, artifacts: Path,
            timeout: int, source: sources.Source, say: Progress) -> StageRecord:
-    roots = importing.python_path(tree, pack.import_paths)
-    site = importing.write_sitecustomize(pack_dir / "work" / f"{name}-site", roots, pack.skip_init)
-    entries = ([site.parent] if site else []) + roots
+    entries = importing.path_entries(tree, pack.import_paths, pack.skip_init, pack_dir / "work" / f"{name}-site")
     env = _env_with(opts, entries)
     env.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "REPRO_ARTIFACTS": str(artifacts)})
     cwd = pack_dir / "work" / f"{name}-cwd"

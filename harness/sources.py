@@ -18,13 +18,14 @@ import stat
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import gitutil, pkgindex
 from .extract import extract_archive
 from .gitutil import GitError
+from .manifest import Pack
 
 Progress = Callable[[str], None]
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -113,9 +114,6 @@ def _pick_ref(ls_remote: str, ref: str) -> str | None:
 # ---------------------------------------------------------------- cache entries
 
 
-def _entry_dir(cache: Path, *parts: str) -> Path:
-    return cache.joinpath(*parts)
-
 
 def _finish_entry(staging: Path, final: Path, meta: dict) -> None:
     """Make the tree read-only, write its record, and move it into place atomically."""
@@ -136,15 +134,19 @@ def _staging(cache: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="fetch-", dir=cache / "tmp"))
 
 
-def _paths_key(paths: tuple[str, ...]) -> str:
-    if not paths:
-        return ""
-    return "-sparse-" + hashlib.sha256("\n".join(sorted(paths)).encode()).hexdigest()[:10]
+def git_entry(cache: Path, repo: str, commit: str, paths: tuple[str, ...]) -> Path:
+    """The cache entry of a git tree; a sparse checkout is keyed by its paths too."""
+    key = "-sparse-" + hashlib.sha256("\n".join(sorted(paths)).encode()).hexdigest()[:10] if paths else ""
+    return cache / "git" / _slug(repo) / (commit + key)
+
+
+def sdist_entry(cache: Path, sha256: str) -> Path:
+    return cache / "sdist" / sha256
 
 
 def acquire_git(repo: str, ref: str, commit: str, resolution: str, paths: tuple[str, ...],
                 cache: Path, progress: Progress) -> Source:
-    final = _entry_dir(cache, "git", _slug(repo), commit + _paths_key(paths))
+    final = git_entry(cache, repo, commit, paths)
     if (final / "source.json").is_file():
         progress(f"{repo}@{commit[:12]}: pristine tree from cache")
         return Source("git", repo, ref, commit, final / "tree", resolution, from_cache=True)
@@ -199,7 +201,7 @@ def _checkout(tree: Path, url: str, commit: str, paths: tuple[str, ...], partial
 
 def acquire_sdist(repo: str, ref: str, requirement: str, sha256: str, cache: Path,
                   progress: Progress) -> Source:
-    final = _entry_dir(cache, "sdist", sha256)
+    final = sdist_entry(cache, sha256)
     if (final / "source.json").is_file():
         progress(f"{requirement}: pristine sdist tree from cache")
         return Source("sdist", repo, ref, None, final / "tree", "sdist", requirement, sha256, from_cache=True)
@@ -240,6 +242,26 @@ def acquire_local(repo: str, directory: Path) -> Source:
         except GitError:
             commit = None
     return Source("local", repo, "local", commit, directory, "local", note=f"local checkout {directory}")
+
+
+def acquire_base(pack: Pack, cache: Path, kind: str, progress: Progress) -> Source:
+    """A pack's pinned base. kind auto: a tree already in the cache first (git before sdist), else
+    git, falling back to the release sdist when git fails; git / sdist: only that."""
+    git_cached = (git_entry(cache, pack.repo, pack.base_commit, pack.source_paths) / "source.json").is_file()
+    sdist_cached = bool(pack.sdist_sha256) and (sdist_entry(cache, pack.sdist_sha256) / "source.json").is_file()
+    if kind == "sdist" or (kind == "auto" and sdist_cached and not git_cached):
+        if not pack.sdist:
+            raise SourceError(f"pack {pack.name} declares no release sdist for {pack.base_ref}")
+        return acquire_sdist(pack.repo, pack.base_ref, pack.sdist, pack.sdist_sha256, cache, progress)
+    try:
+        return acquire_git(pack.repo, pack.base_ref, pack.base_commit, "pinned", pack.source_paths, cache,
+                           progress)
+    except SourceError as exc:
+        if kind == "git" or not pack.sdist:
+            raise
+        progress(f"git unavailable ({str(exc)[:160]}); using the release sdist {pack.sdist}")
+        source = acquire_sdist(pack.repo, pack.base_ref, pack.sdist, pack.sdist_sha256, cache, progress)
+        return replace(source, note=f"git unavailable: {exc}")
 
 
 # ---------------------------------------------------------------- work copies

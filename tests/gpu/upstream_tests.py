@@ -47,9 +47,7 @@ def main() -> int:
     if result.status != "applied":
         print(f"pack {pack.name}: patch {result.status}: {result.failures}", file=sys.stderr)
         return 2
-    roots = importing.python_path(tree, pack.import_paths)
-    site = importing.write_sitecustomize(work / "site", roots, pack.skip_init)
-    path = [str(p) for p in ([site.parent] if site else []) + roots + extra]
+    path = [str(p) for p in importing.path_entries(tree, pack.import_paths, pack.skip_init, work / "site") + extra]
     if args.pin_autotune:
         path.append(str(Path(__file__).parent))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path + [os.environ.get("PYTHONPATH", "")]))

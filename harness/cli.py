@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from . import bundle, manifest, receipts, reports, sources, verdicts
+from . import bundle, compare, export, manifest, markdown, receipts, repeat, reports, sources, verdicts
 from . import lint as lint_mod
 from .layout import Layout, default_cache_dir
 from .pipeline import RunOptions, run_pack
@@ -32,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--all", action="store_true", help="run every pack")
     what.add_argument("--check", action="store_true",
                       help="CPU only: fetch sources and check the patch applies; no reproducer run")
+    what.add_argument("--status", action="store_true", help="write STATUS.md from the committed receipts")
+    what.add_argument("--report", metavar="NN", help="print the upstream issue/PR body for this pack")
+    what.add_argument("--export", nargs=2, metavar=("NN", "DIR"),
+                      help="write a self-contained folder for this pack to attach upstream")
     where = p.add_argument_group("which upstream code")
     where.add_argument("--upstream", metavar="REF", help="run against this git ref instead of the pinned base")
     where.add_argument("--source", type=Path, metavar="DIR",
@@ -46,9 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--interpreter", default=sys.executable, help="Python interpreter for the reproducers")
     how.add_argument("--run-dir", type=Path, default=None, help="where logs go (default: runs/<timestamp>)")
     how.add_argument("--strict", action="store_true", help="count SKIPPED as unexpected in the exit code")
+    how.add_argument("--repeat", type=int, default=1, metavar="N",
+                     help="run each pack N times; disagreeing runs make it FLAKY")
+    how.add_argument("--repeat-rtol", type=float, default=0.05, metavar="R",
+                     help="with --repeat: relative tolerance on evidence numbers (timings are not compared)")
+    how.add_argument("--compare", type=Path, metavar="PREV.json",
+                     help="fail when a pack changed state since this earlier --json report")
     out = p.add_argument_group("outputs")
     out.add_argument("--json", type=Path, metavar="PATH", help="write results as JSON")
     out.add_argument("--junit", type=Path, metavar="PATH", help="write results as JUnit XML")
+    out.add_argument("--markdown", type=Path, metavar="PATH", help="write a status table as markdown")
     out.add_argument("--receipt", action="store_true", help="write evidence/<pack>.json for each run pack")
     off = p.add_argument_group("offline bundles (GPU nodes without network)")
     off.add_argument("--bundle", type=Path, metavar="DIR",
@@ -75,6 +87,19 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
             return _lint(layout, console)
         if args.list:
             return _list(layout, console)
+        if args.status:
+            (layout.root / "STATUS.md").write_text(markdown.status(layout))
+            console.print("STATUS.md written")
+            return EXIT_OK
+        if args.report:
+            pack = manifest.load_pack(manifest.select([args.report], layout)[0], layout)
+            print(markdown.issue_body(pack, receipts.latest_for(pack, layout), layout), end="")
+            return EXIT_OK
+        if args.export:
+            pack = manifest.load_pack(manifest.select([args.export[0]], layout)[0], layout)
+            for path in export.export(pack, Path(args.export[1]), layout):
+                console.print(f"exported: {path}")
+            return EXIT_OK
         if not (args.pack or args.all):
             build_parser().print_usage(sys.stderr)
             err.print("runner.py: say what to do: --list, --lint, --pack NN or --all")
@@ -110,13 +135,16 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
         timeout_s=args.timeout, source_dir=args.source, source_kind=args.source_kind, python=args.interpreter,
         extra_pythonpath=extra_path, bundle=bundle_info,
     )
-    results = [run_pack(pack, opts, progress) for pack in packs]
+    results = [_run_one(pack, opts, args, progress) for pack in packs]
 
     reports.print_table(results, console)
     if args.json:
         reports.write_json(results, args.json, {"argv": argv, "upstream": args.upstream, "check": args.check})
     if args.junit:
         reports.write_junit(results, args.junit)
+    if args.markdown:
+        title = f"upstream-repro: {args.upstream or 'pinned bases'}" + (" (--check)" if args.check else "")
+        args.markdown.write_text(markdown.results_table(list(zip(packs, results, strict=True)), title))
     if args.receipt:
         for pack, result in zip(packs, results, strict=True):
             try:
@@ -126,10 +154,26 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
             except receipts.ReceiptError as exc:
                 err.print(f"[yellow]no receipt:[/] {exc}")
     bad = [r for r in results if not r.as_expected and (r.verdict != verdicts.SKIPPED or args.strict)]
+    if args.compare:
+        changed, news = compare.changes(compare.previous_verdicts(args.compare), results)
+        for line in news:
+            console.print(f"[cyan]state change (expected):[/] {line}")
+        for line in changed:
+            console.print(f"[red]state change (unexpected):[/] {line}")
+        if changed:
+            return EXIT_UNEXPECTED
     skipped = [r for r in results if r.verdict == verdicts.SKIPPED]
     if skipped and not args.strict:
         err.print(f"[yellow]{len(skipped)} pack(s) SKIPPED[/] (see the reasons above; --strict makes that fail)")
     return EXIT_UNEXPECTED if bad else EXIT_OK
+
+
+def _run_one(pack, opts: RunOptions, args, progress):
+    if args.repeat <= 1:
+        return run_pack(pack, opts, progress)
+    runs = [run_pack(pack, replace(opts, run_dir=opts.run_dir / f"repeat-{i + 1}"), progress)
+            for i in range(args.repeat)]
+    return repeat.combine(runs, args.repeat_rtol)
 
 
 def _bundle(args, packs, cache_dir: Path, progress, console: Console, err: Console) -> int:

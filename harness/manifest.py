@@ -58,6 +58,7 @@ class Pack:
     extra_sentinels: tuple[str, ...]
     expect: dict[str, str] = field(default_factory=dict)
     retired: str | None = None
+    headline: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -173,6 +174,7 @@ def load_pack(pack_dir: Path, layout: Layout | None = None) -> Pack:
         extra_sentinels=tuple(data["run"].get("extra_sentinels", ())),
         expect=dict(data.get("expect", {})),
         retired=data.get("retired"),
+        headline=tuple(data.get("report", {}).get("headline", ())),
     )
 
 

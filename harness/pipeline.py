@@ -16,6 +16,7 @@ from .layout import Layout
 from .manifest import Pack
 
 Progress = Callable[[str], None]
+LATEST_RELEASE = "latest-release"  # --upstream latest-release: the newest release on the package index
 
 
 @dataclass
@@ -72,6 +73,7 @@ class PackResult:
     started_at: str = ""
     log_dir: str = ""
     bundle: dict[str, Any] | None = None
+    repeat: dict[str, Any] | None = None  # --repeat N: the runs' verdicts and any differences
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,6 +107,8 @@ def run_pack(pack: Pack, opts: RunOptions, progress: Progress) -> PackResult:
         result.verdict, result.reason = stop.verdict, stop.reason
     except sources.SourceUnreachable as exc:
         result.verdict, result.reason = verdicts.SKIPPED, f"upstream sources cannot be reached here: {exc}"
+    except sources.NotApplicable as exc:
+        result.verdict, result.reason = verdicts.SKIPPED, str(exc)
     except (sources.SourceError, importing.ImportSetupError) as exc:
         result.verdict, result.reason = verdicts.ERROR, f"pack {pack.name}: {exc}"
     finally:
@@ -118,6 +122,8 @@ def run_pack(pack: Pack, opts: RunOptions, progress: Progress) -> PackResult:
 def _acquire(pack: Pack, opts: RunOptions, say: Progress) -> sources.Source:
     if opts.source_dir:
         return sources.acquire_local(pack.repo, opts.source_dir)
+    if opts.upstream_ref == LATEST_RELEASE:
+        return sources.acquire_latest_release(pack, opts.cache_dir, say)
     if opts.upstream_ref:
         if opts.source_kind == "sdist":
             raise sources.SourceError("--upstream names a git ref; --source-kind sdist cannot serve it")

@@ -91,6 +91,7 @@ class ReleaseFile:
     filename: str
     url: str
     sha256: str | None
+    yanked: bool = False
 
 
 class _Anchors(HTMLParser):
@@ -118,7 +119,8 @@ def _project_files(index_url: str, project: str) -> list[ReleaseFile]:
     if "json" in ctype:
         data = json.loads(body)
         return [
-            ReleaseFile(f["filename"], urllib.parse.urljoin(final, f["url"]), f.get("hashes", {}).get("sha256"))
+            ReleaseFile(f["filename"], urllib.parse.urljoin(final, f["url"]), f.get("hashes", {}).get("sha256"),
+                        bool(f.get("yanked")))
             for f in data.get("files", [])
         ]
     parser = _Anchors()
@@ -134,9 +136,20 @@ def _project_files(index_url: str, project: str) -> list[ReleaseFile]:
 def find_sdist(requirement: str) -> ReleaseFile:
     """'name==version' -> the release's sdist as the configured index lists it."""
     name, _, version = requirement.partition("==")
+    return _search_sdists(name, lambda v: str(v) == version, requirement)
+
+
+def latest_sdist(name: str) -> tuple[str, ReleaseFile]:
+    """The newest non-yanked final release of `name` that has an sdist, and that sdist."""
+    found = _search_sdists(name, lambda v: not v.is_prerelease and not v.is_devrelease, f"{name} (newest)",
+                           newest=True)
+    return str(parse_sdist_filename(found.filename)[1]), found
+
+
+def _search_sdists(name, accept, what: str, newest: bool = False) -> ReleaseFile:
     cfg = index_config()
     if not cfg.index_urls:
-        raise PackageIndexError("pip is configured with no http(s) index; cannot look up " + requirement)
+        raise PackageIndexError("pip is configured with no http(s) index; cannot look up " + what)
     problems, answered = [], False
     for index_url in cfg.index_urls:
         try:
@@ -149,16 +162,19 @@ def find_sdist(requirement: str) -> ReleaseFile:
             problems.append(f"{index_url}: {exc}")
             continue
         answered = True
+        matches = []
         for f in files:
-            if not f.filename.endswith((".tar.gz", ".zip")):
+            if not f.filename.endswith((".tar.gz", ".zip")) or (newest and f.yanked):
                 continue
             try:
                 fname, fversion = parse_sdist_filename(f.filename)
             except ValueError:
                 continue
-            if fname == canonicalize_name(name) and str(fversion) == version:
-                return f
-        problems.append(f"{index_url}: no sdist for {requirement}")
+            if fname == canonicalize_name(name) and accept(fversion):
+                matches.append((fversion, f))
+        if matches:
+            return max(matches, key=lambda m: m[0])[1] if newest else matches[0][1]
+        problems.append(f"{index_url}: no sdist for {what}")
     raise (PackageIndexError if answered else IndexUnreachable)("; ".join(problems))
 
 

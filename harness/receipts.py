@@ -33,8 +33,23 @@ def sha256_file(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
+def manifest_digest(path: Path) -> str:
+    """sha256 of pack.toml without its [report] table: how results are shown does not change what
+    was measured, so editing it must not make a receipt stale. Without [report], the file's own sha256."""
+    kept, skipping = [], False
+    for line in path.read_bytes().splitlines(keepends=True):
+        header = re.match(rb"^\s*\[([^\]]+)\]\s*(#.*)?$", line)
+        if header:
+            skipping = header.group(1).strip() == b"report"
+            if skipping and kept and not kept[-1].strip():
+                kept.pop()  # the one blank line that separates [report] from what precedes it
+        if not skipping:
+            kept.append(line)
+    return hashlib.sha256(b"".join(kept)).hexdigest()
+
+
 def current_hashes(pack: Pack) -> dict[str, str | None]:
-    return {"pack.toml": sha256_file(pack.manifest_path), "repro.py": sha256_file(pack.repro_path),
+    return {"pack.toml": manifest_digest(pack.manifest_path), "repro.py": sha256_file(pack.repro_path),
             "patch": sha256_file(pack.patch_path) if pack.has_patch else None}
 
 
@@ -68,6 +83,7 @@ def build(result: PackResult, pack: Pack, command: list[str], layout: Layout) ->
         "patch": result.patch or {"status": "no_patch"},
         "stages": [{k: v for k, v in vars(s).items() if k != "log"} for s in result.stages],
         "durations": result.durations,
+        "repeat": result.repeat,
         "environment": result.environment,
         "hashes": current_hashes(pack),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -110,6 +126,10 @@ def stale_files(receipt: dict[str, Any], pack: Pack) -> list[str]:
     """Files whose current hash differs from the receipt's."""
     now = current_hashes(pack)
     return [name for name, digest in now.items() if receipt["hashes"].get(name) != digest]
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
 
 
 def load_all(layout: Layout) -> dict[Path, dict[str, Any]]:

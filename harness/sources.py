@@ -42,6 +42,10 @@ class SourceUnreachable(SourceError):
     """The remote or the index could not be reached at all: a property of this machine, not of the pack."""
 
 
+class NotApplicable(SourceError):
+    """The requested upstream ref does not apply to this pack (a release ref for a git-only pack)."""
+
+
 @dataclass(frozen=True)
 class Source:
     kind: str  # git | sdist | local
@@ -242,6 +246,26 @@ def acquire_local(repo: str, directory: Path) -> Source:
         except GitError:
             commit = None
     return Source("local", repo, "local", commit, directory, "local", note=f"local checkout {directory}")
+
+
+def acquire_latest_release(pack: Pack, cache: Path, progress: Progress) -> Source:
+    """The newest release on the configured index, for a pack pinned to a release. Nothing pins it,
+    so the index's own sha256 is what the download is checked against (and recorded)."""
+    if not pack.sdist:
+        raise NotApplicable(f"pack {pack.name} is pinned to a git commit, not a release: latest-release does not apply")
+    name = pack.sdist.partition("==")[0]
+    progress(f"looking up the newest release of {name}")
+    try:
+        version, release = pkgindex.latest_sdist(name)
+    except pkgindex.IndexUnreachable as exc:
+        raise SourceUnreachable(f"latest release of {name}: {exc}") from exc
+    except pkgindex.PackageIndexError as exc:
+        raise SourceError(f"latest release of {name}: {exc}") from exc
+    if not release.sha256:
+        raise SourceError(f"{release.filename}: the index lists no sha256, so the download cannot be checked")
+    source = acquire_sdist(pack.repo, f"latest-release {version}", f"{name}=={version}", release.sha256, cache,
+                           progress)
+    return replace(source, resolution=f"newest release on the index: {version}")
 
 
 def acquire_base(pack: Pack, cache: Path, kind: str, progress: Progress) -> Source:

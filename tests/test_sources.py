@@ -189,3 +189,17 @@ def test_unreachable_index_is_told_apart(cache, monkeypatch):
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
     with pytest.raises(sources.SourceUnreachable):
         sources.acquire_sdist("acme/widget", "v1.0", "widget==1.0", "0" * 64, cache, noop)
+
+
+def test_latest_release_skips_yanked_and_prereleases(monkeypatch):
+    from harness import pkgindex
+
+    files = [pkgindex.ReleaseFile(name, f"http://x/{name}", "a" * 64, yanked)
+             for name, yanked in (("widget-1.0.tar.gz", False), ("widget-1.2.tar.gz", False),
+                                  ("widget-1.3.tar.gz", True), ("widget-2.0rc1.tar.gz", False),
+                                  ("widget-1.9-py3-none-any.whl", False))]
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setattr(pkgindex, "_project_files", lambda index, name: files)
+    version, release = pkgindex.latest_sdist("widget")
+    assert version == "1.2" and release.filename == "widget-1.2.tar.gz"
+    assert pkgindex.find_sdist("widget==1.0").filename == "widget-1.0.tar.gz"

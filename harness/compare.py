@@ -1,0 +1,30 @@
+"""--compare PREV.json: the nightly's question, did any pack change state since last time? Moving
+between the two healthy states one way (CONFIRMED -> FIXED_UPSTREAM: upstream fixed it) is news,
+not a failure; every other change is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import verdicts
+from .pipeline import PackResult
+
+ALLOWED = {(verdicts.CONFIRMED, verdicts.FIXED_UPSTREAM), (verdicts.PATCH_CONFLICT, verdicts.FIXED_UPSTREAM)}
+
+
+def previous_verdicts(path: Path) -> dict[tuple[str, str | None], str]:
+    doc = json.loads(path.read_text())
+    return {(p["pack"], p.get("upstream_ref")): p["verdict"] for p in doc.get("packs", [])}
+
+
+def changes(previous: dict[tuple[str, str | None], str], results: list[PackResult]) -> tuple[list[str], list[str]]:
+    """(unexpected changes, expected ones), as sentences."""
+    bad, news = [], []
+    for r in results:
+        before = previous.get((r.pack, r.upstream_ref))
+        if before is None or before == r.verdict:
+            continue
+        line = f"{r.pack} @ {r.ref}: {before} -> {r.verdict}"
+        (news if (before, r.verdict) in ALLOWED else bad).append(line)
+    return bad, news

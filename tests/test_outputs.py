@@ -1,0 +1,141 @@
+"""Maintainer-facing outputs: markdown tables, STATUS.md, --report, --export, --repeat, --compare,
+and the nightly workflow's schema."""
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from harness import cli, compare, markdown, receipts, repeat
+from harness.layout import Layout
+from harness.pipeline import PackResult, StageRecord
+
+from .test_reports import result
+
+ROOT = Layout().root
+
+
+def test_status_md_is_up_to_date():
+    assert (ROOT / "STATUS.md").read_text() == markdown.status(Layout()), "run: python runner.py --status"
+
+
+def test_headline_follows_declared_paths_with_wildcards():
+    ev = {"grouped": [{"worst_rel_err": 0.01, "finite": True}, {"worst_rel_err": 0.02}], "seed": 0}
+    got = markdown.headline(ev, ("grouped.*.worst_rel_err",))
+    assert got == "grouped.0.worst_rel_err=0.01, grouped.1.worst_rel_err=0.02"
+    assert markdown.flatten({"a": [], "b": {"c": [1]}}) == {"a": [], "b.c.0": 1}
+
+
+def test_report_holds_the_sections_a_maintainer_needs(collection, upstream, capsys):
+    collection.add_pack("01", "toy", upstream.base)
+    assert cli.main(["--report", "01"], layout=collection.layout) == cli.EXIT_OK
+    body = capsys.readouterr().out
+    for part in ("### What breaks", "### Reproduce", "git am 01-toy.patch", "### Observed vs expected",
+                 "No GPU receipt yet", "### The fix", "### Scope", "Not claimed:", "https://github.com/acme/widget"):
+        assert part in body
+
+
+def test_export_runs_without_the_project(collection, upstream, cache, tmp_path):
+    collection.add_pack("01", "toy", upstream.base)
+    out = tmp_path / "export"
+    assert cli.main(["--export", "01", str(out)], layout=collection.layout) == cli.EXIT_OK
+    assert sorted(p.name for p in out.iterdir()) == ["01-toy.patch", "README.md", "repro.py"]
+    # a maintainer's checkout at the base; -S keeps site-packages (and this project's install) away
+    checkout = tmp_path / "maintainer"
+    subprocess.run(["git", "clone", "-q", str(upstream.path), str(checkout)], check=True)
+    subprocess.run(["git", "checkout", "-q", upstream.base], cwd=checkout, check=True)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(checkout / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-S", *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    assert run("-c", "import harness").returncode != 0, "the project must not be importable here"
+    first = run(str(out / "repro.py"))
+    assert first.returncode == 0 and first.stdout.strip().endswith("BUG_REPRODUCED"), first.stderr
+    subprocess.run(["git", "apply", str(out / "01-toy.patch")], cwd=checkout, check=True)
+    assert run(str(out / "repro.py")).stdout.strip().endswith("FIX_VALIDATED")
+
+
+def stage(name, sentinel, evidence):
+    return StageRecord(name, sentinel, [], evidence, 0, False, 1.0, None, "x.log")
+
+
+def test_repeat_agreeing_runs_keep_their_verdict():
+    a = result("CONFIRMED", True)
+    a.stages = [stage("clean", "BUG_REPRODUCED", {"err": 0.5, "median_ms": 3.0})]
+    b = replace(a, stages=[stage("clean", "BUG_REPRODUCED", {"err": 0.51, "median_ms": 9.0})])
+    combined = repeat.combine([a, b], rtol=0.05)
+    assert combined.verdict == "CONFIRMED" and combined.repeat["differences"] == []
+
+
+@pytest.mark.parametrize("other", [
+    [stage("clean", "INCONCLUSIVE", {"err": 0.5})],
+    [stage("clean", "BUG_REPRODUCED", {"err": 0.9})],
+])
+def test_repeat_disagreeing_runs_are_flaky(other):
+    a = result("CONFIRMED", True)
+    a.stages = [stage("clean", "BUG_REPRODUCED", {"err": 0.5})]
+    combined = repeat.combine([a, replace(a, stages=other)], rtol=0.05)
+    assert combined.verdict == "FLAKY" and not combined.as_expected and combined.repeat["n"] == 2
+
+
+def test_repeat_through_the_cli(collection, upstream, cache, tmp_path):
+    repro = ("import json, random, widget\n"
+             "print('EVIDENCE ' + json.dumps({'v': widget.VALUE}))\n"
+             "print(random.choice(['BUG_REPRODUCED', 'INCONCLUSIVE']) if widget.VALUE < 2 else 'FIX_VALIDATED')\n")
+    collection.add_pack("01", "toy", upstream.base, repro=repro)
+    args = ["--pack", "01", "--cache-dir", str(cache), "--run-dir", str(tmp_path / "r"), "--repeat", "8",
+            "--json", str(tmp_path / "o.json")]
+    cli.main(args, layout=collection.layout)
+    assert json.loads((tmp_path / "o.json").read_text())["packs"][0]["verdict"] == "FLAKY"  # 1 - 2**-7 likely
+
+
+def test_compare_flags_unexpected_state_changes(tmp_path):
+    prev = tmp_path / "prev.json"
+    prev.write_text(json.dumps({"packs": [{"pack": "01-toy", "upstream_ref": "main", "verdict": "CONFIRMED"},
+                                          {"pack": "02-b", "upstream_ref": "main", "verdict": "CONFIRMED"}]}))
+    a = replace(result("FIXED_UPSTREAM", True), pack="01-toy", upstream_ref="main", ref="main")
+    b = replace(result("FIX_FAILED", False), pack="02-b", upstream_ref="main", ref="main")
+    bad, news = compare.changes(compare.previous_verdicts(prev), [a, b])
+    assert news == ["01-toy @ main: CONFIRMED -> FIXED_UPSTREAM"] and bad == ["02-b @ main: CONFIRMED -> FIX_FAILED"]
+
+
+def test_manifest_digest_ignores_the_report_table(collection, upstream):
+    folder = collection.add_pack("01", "toy", upstream.base)
+    path = folder / "pack.toml"
+    before = receipts.manifest_digest(path)
+    path.write_text(path.read_text() + '\n[report]\nheadline = ["value"]\n')
+    assert receipts.manifest_digest(path) == before
+    path.write_text(path.read_text().replace("A toy pack", "Another toy pack"))
+    assert receipts.manifest_digest(path) != before
+
+
+def test_nightly_workflow_matches_the_github_schema():
+    exe = shutil.which("check-jsonschema") or str(Path(sys.executable).parent / "check-jsonschema")
+    if not Path(exe).exists():
+        pytest.skip("check-jsonschema is not installed (pip install -e '.[test]')")
+    proc = subprocess.run([exe, "--builtin-schema", "vendor.github-workflows",
+                           str(ROOT / ".github" / "workflows" / "nightly.yml")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_markdown_table_through_the_cli(collection, upstream, cache, tmp_path):
+    collection.add_pack("01", "toy", upstream.base, source="[report]\nheadline = [\"value\"]")
+    md = tmp_path / "t.md"
+    cli.main(["--pack", "01", "--cache-dir", str(cache), "--run-dir", str(tmp_path / "r"), "--markdown", str(md)],
+             layout=collection.layout)
+    text = md.read_text()
+    assert "| 01-toy | acme/widget |" in text and "**CONFIRMED**" in text and "clean: value=1" in text
+
+
+def test_results_table_escapes_pipes(collection, upstream):
+    from harness import manifest
+
+    pack = manifest.load_pack(collection.add_pack("01", "toy", upstream.base), collection.layout)
+    r: PackResult = result("ERROR", False)
+    r.reason = "a | b"
+    assert "- 01-toy: a \\| b" in markdown.results_table([(pack, replace(r, pack="01-toy"))], "t")

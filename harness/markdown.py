@@ -61,7 +61,7 @@ def results_table(runs: list[tuple[Pack, PackResult]], title: str) -> str:
     lines = [f"# {title}", "", "| pack | target | ref @ commit | verdict | as expected | key numbers | time |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for pack, r in runs:
-        where = f"{r.ref} @ {(r.commit or '')[:12] or (r.source or {}).get('sdist') or '?'}"
+        where = r.where()
         numbers = "; ".join(f"{s.name}: {headline(s.evidence, pack.headline)}" for s in r.stages if s.evidence)
         mark = "yes" if r.as_expected else f"**no** (wanted {'/'.join(r.expected)})"
         lines.append(f"| {r.pack} | {r.repo} | {_cell(where)} | **{r.verdict}** | {mark} | {_cell(numbers)} | "

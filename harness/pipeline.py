@@ -78,6 +78,10 @@ class PackResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def where(self) -> str:
+        """'ref @ commit' (or the release, for an sdist)."""
+        return f"{self.ref} @ {(self.commit or '')[:12] or (self.source or {}).get('sdist') or '?'}"
+
 
 class _Stop(Exception):
     """Ends a pack's pipeline early with a verdict (skip, error)."""

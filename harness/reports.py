@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .markdown import headline
 from .pipeline import PackResult
 
 STYLE = {"CONFIRMED": "bold green", "FIXED_UPSTREAM": "cyan", "CHECKED": "green", "SKIPPED": "yellow",
@@ -18,27 +19,12 @@ STYLE = {"CONFIRMED": "bold green", "FIXED_UPSTREAM": "cyan", "CHECKED": "green"
 
 
 def _where(r: PackResult) -> str:
-    src = r.source or {}
-    at = (r.commit or "")[:12] or src.get("sdist") or "?"
-    return f"{r.ref} @ {at} ({src.get('kind', '?')})"
+    return f"{r.where()} ({(r.source or {}).get('kind', '?')})"
 
 
-def key_numbers(r: PackResult, limit: int = 6) -> str:
-    """A compact 'name=value' digest of each stage's evidence, for the table and JUnit."""
-    parts = []
-    for stage in r.stages:
-        ev = stage.evidence or {}
-        flat = [f"{k}={_short(v)}" for k, v in ev.items() if isinstance(v, (int, float, str, bool))
-                and k not in ("pack", "seed")][:limit]
-        parts.append(f"{stage.name}: " + ", ".join(flat))
-    return " | ".join(parts)
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    text = str(v)
-    return text if len(text) <= 40 else text[:37] + "..."
+def stage_numbers(r: PackResult) -> str:
+    """Each stage's headline evidence, for JUnit failure text."""
+    return " | ".join(f"{s.name}: {headline(s.evidence)}" for s in r.stages if s.evidence)
 
 
 def _cell(stages: dict, name: str) -> str:
@@ -89,7 +75,7 @@ def write_junit(results: list[PackResult], path: Path) -> None:
         elif not r.as_expected:
             node = ET.SubElement(case, "failure", type=r.verdict,
                                  message=f"{r.verdict} (expected {'/'.join(r.expected)}): {r.reason}")
-            node.text = key_numbers(r)
+            node.text = stage_numbers(r)
         out = ET.SubElement(case, "system-out")
         out.text = "\n".join([f"verdict: {r.verdict}", f"reason: {r.reason}", f"where: {_where(r)}"] + [
             f"{s.name}: sentinel={s.sentinel} EVIDENCE {json.dumps(s.evidence, sort_keys=True)}"

@@ -35,5 +35,5 @@ def test_junit_one_case_per_pack_with_outcomes(tmp_path):
     assert "EVIDENCE" in cases["01-toy@v1.0"].find("system-out").text
 
 
-def test_key_numbers_digest():
-    assert reports.key_numbers(result("CONFIRMED", True)) == "clean: err=0.5, floor=0.01"
+def test_stage_numbers_digest():
+    assert reports.stage_numbers(result("CONFIRMED", True)) == "clean: err=0.5"

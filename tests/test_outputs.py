@@ -83,15 +83,21 @@ def test_repeat_disagreeing_runs_are_flaky(other):
     assert combined.verdict == "FLAKY" and not combined.as_expected and combined.repeat["n"] == 2
 
 
-def test_repeat_through_the_cli(collection, upstream, cache, tmp_path):
-    repro = ("import json, random, widget\n"
+def test_repeat_through_the_cli(collection, upstream, cache, tmp_path, monkeypatch):
+    # the first invocation sees the bug, every later one is inconclusive: run 1 and run 2 disagree
+    monkeypatch.setenv("TOY_COUNTER", str(tmp_path / "counter"))
+    repro = ("import json, os, pathlib, widget\n"
+             "c = pathlib.Path(os.environ['TOY_COUNTER'])\n"
+             "n = int(c.read_text()) + 1 if c.exists() else 1\n"
+             "c.write_text(str(n))\n"
              "print('EVIDENCE ' + json.dumps({'v': widget.VALUE}))\n"
-             "print(random.choice(['BUG_REPRODUCED', 'INCONCLUSIVE']) if widget.VALUE < 2 else 'FIX_VALIDATED')\n")
+             "print('BUG_REPRODUCED' if n == 1 else 'INCONCLUSIVE')\n")
     collection.add_pack("01", "toy", upstream.base, repro=repro)
-    args = ["--pack", "01", "--cache-dir", str(cache), "--run-dir", str(tmp_path / "r"), "--repeat", "8",
+    args = ["--pack", "01", "--cache-dir", str(cache), "--run-dir", str(tmp_path / "r"), "--repeat", "2",
             "--json", str(tmp_path / "o.json")]
-    cli.main(args, layout=collection.layout)
-    assert json.loads((tmp_path / "o.json").read_text())["packs"][0]["verdict"] == "FLAKY"  # 1 - 2**-7 likely
+    assert cli.main(args, layout=collection.layout) == cli.EXIT_UNEXPECTED
+    packed = json.loads((tmp_path / "o.json").read_text())["packs"][0]
+    assert packed["verdict"] == "FLAKY" and packed["repeat"]["verdicts"] == ["FIX_FAILED", "ERROR"]
 
 
 def test_compare_flags_unexpected_state_changes(tmp_path):

@@ -178,7 +178,8 @@ def _run(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path, say: 
 
     result.environment["compile_caches"] = compile_cache_state()
     artifacts = pack_dir / "artifacts"
-    artifacts.mkdir(parents=True, exist_ok=True)
+    sources.remove_tree(artifacts)  # what the clean stage saves must come from this run's clean stage
+    artifacts.mkdir(parents=True)
     timeout = opts.timeout_s or pack.timeout_s
     clean = _stage("clean", clean_tree, pack, opts, pack_dir, artifacts, timeout, source, say)
     result.stages.append(clean)

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import lzma
 import shutil
@@ -29,6 +28,7 @@ from packaging.requirements import Requirement
 from . import __version__, offline_boot, sources
 from .extract import extract_archive
 from .manifest import Pack
+from .receipts import sha256_file
 
 Progress = Callable[[str], None]
 PACKS_SITE, RUNNER_SITE = "packs-site.tar.xz", "runner-site.tar.xz"
@@ -38,14 +38,6 @@ DEFAULT_PLATFORMS = ("manylinux2014_x86_64", *(f"manylinux_2_{n}_x86_64" for n i
 
 class BundleError(Exception):
     pass
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def runner_requirements() -> list[str]:
@@ -88,16 +80,15 @@ def unpack_wheels(wheels: Path, tree: Path, prune: tuple[str, ...]) -> list[str]
     """Unpack every wheel into one tree the way an installer lays it out; drop pruned paths."""
     tree.mkdir(parents=True, exist_ok=True)
     for wheel in sorted(wheels.glob("*.whl")):
-        staging = Path(tempfile.mkdtemp(dir=tree.parent))
-        shutil.rmtree(staging)
-        extract_archive(wheel, staging, strip_top=False)
-        for data in staging.glob("*.data"):
-            for kind in ("purelib", "platlib"):
-                if (data / kind).is_dir():
-                    shutil.copytree(data / kind, staging, dirs_exist_ok=True)
-                    shutil.rmtree(data / kind)
-        shutil.copytree(staging, tree, dirs_exist_ok=True)
-        shutil.rmtree(staging)
+        with tempfile.TemporaryDirectory(dir=tree.parent) as tmp:
+            staging = Path(tmp) / "wheel"
+            extract_archive(wheel, staging, strip_top=False)
+            for data in staging.glob("*.data"):
+                for kind in ("purelib", "platlib"):
+                    if (data / kind).is_dir():
+                        shutil.copytree(data / kind, staging, dirs_exist_ok=True)
+                        shutil.rmtree(data / kind)
+            shutil.copytree(staging, tree, dirs_exist_ok=True)
     removed = []
     for pattern in prune:
         for path in sorted(tree.glob(pattern)):
@@ -177,7 +168,7 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    files = {str(p.relative_to(dest)): _sha256(p) for p in sorted(dest.rglob("*"))
+    files = {str(p.relative_to(dest)): sha256_file(p) for p in sorted(dest.rglob("*"))
              if p.is_file() and p.name != offline_boot.MANIFEST}
     manifest = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -204,7 +195,7 @@ def open_bundle(bundle: Path, progress: Progress) -> tuple[Path, list[Path], dic
     manifest = json.loads(path.read_text())
     progress(f"offline bundle {bundle} (made {manifest['created_at']}): checking {len(manifest['files'])} files")
     bad = [name for name, digest in manifest["files"].items()
-           if not (bundle / name).is_file() or _sha256(bundle / name) != digest]
+           if not (bundle / name).is_file() or sha256_file(bundle / name) != digest]
     if bad:
         raise BundleError(f"--offline {bundle}: files missing or changed since bundling: {bad[:5]}")
     site = [offline_boot.unpack(bundle, manifest["packs_site"])] if manifest.get("packs_site") else []

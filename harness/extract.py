@@ -23,14 +23,15 @@ def _checked_name(name: str, archive: Path) -> str:
 
 
 def extract_archive(archive: Path, dest: Path, strip_top: bool = True) -> None:
-    """Extract a .tar.gz / .zip / .whl into dest (which must not exist yet).
+    """Extract a .tar.gz / .tar.xz / .zip / .whl into dest (which must not exist yet). Stdlib only:
+    offline_boot uses it before the harness's dependencies are importable.
 
     Refused: absolute paths, '..', links of any kind, device files. Only regular files and
     directories are written, with the archive's executable bit and no ownership.
     With strip_top, the single top-level folder of an sdist (name-version/) is removed.
     """
     dest.mkdir(parents=True)
-    if archive.name.endswith((".tar.gz", ".tgz", ".tar")):
+    if archive.name.endswith((".tar.gz", ".tgz", ".tar", ".tar.xz")):
         with tarfile.open(archive) as tar:
             _write([_tar_entry(tar, m, archive) for m in tar.getmembers()], dest, strip_top, archive)
     elif archive.name.endswith((".zip", ".whl")):

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import lzma
 import os
+import shutil
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
+
+from .extract import extract_archive
 
 MANIFEST = "bundle.json"
 
@@ -23,27 +24,15 @@ def unpack_dir(bundle: Path) -> Path:
 
 
 def unpack(bundle: Path, archive: str) -> Path:
-    """Unpack bundle/archive (a .tar.xz of one wheel tree) once; later calls reuse it."""
+    """Unpack bundle/archive (a .tar.xz of one wheel tree) once, with extract.py's checks; later calls
+    reuse it."""
     target = unpack_dir(bundle) / archive.removesuffix(".tar.xz")
     done = target.with_name(target.name + ".done")
     if done.is_file():
         return target
-    target.mkdir(parents=True, exist_ok=True)
-    with lzma.open(bundle / archive) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
-        for member in tar:
-            name = os.path.normpath(member.name)
-            if name.startswith(("/", "..")) or not (member.isfile() or member.isdir()):
-                raise RuntimeError(f"{archive}: refusing member {member.name!r}")
-            if member.isdir():
-                (target / name).mkdir(parents=True, exist_ok=True)
-                continue
-            out = target / name
-            out.parent.mkdir(parents=True, exist_ok=True)
-            src = tar.extractfile(member)
-            with src, open(out, "wb") as fh:
-                while chunk := src.read(1 << 20):
-                    fh.write(chunk)
-            out.chmod(0o755 if member.mode & 0o111 else 0o644)
+    if target.exists():
+        shutil.rmtree(target)  # an unpack that was cut off
+    extract_archive(bundle / archive, target, strip_top=False)
     done.write_text("ok\n")
     return target
 

@@ -30,7 +30,14 @@ def _schema() -> dict[str, Any]:
 
 
 def sha256_file(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    """sha256 of a file, read in chunks (bundles hold archives of tens of MiB); None when absent."""
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def manifest_digest(path: Path) -> str:

@@ -48,7 +48,5 @@ def combine(runs: list[PackResult], rtol: float) -> PackResult:
               "total_s": [r.durations.get("total_s") for r in runs]}
     if not problems:
         return replace(first, repeat=record)
-    flaky = replace(first, verdict=verdicts.FLAKY, reason="runs disagree: " + "; ".join(problems[:3]),
-                    repeat=record)
-    flaky.as_expected = False
-    return flaky
+    return replace(first, verdict=verdicts.FLAKY, reason="runs disagree: " + "; ".join(problems[:3]),
+                   as_expected=False, repeat=record)

@@ -14,12 +14,14 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from html.parser import HTMLParser
 from pathlib import Path
 
 from packaging.utils import canonicalize_name, parse_sdist_filename
+from packaging.version import Version
 
 ACCEPT = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
 
@@ -136,17 +138,19 @@ def _project_files(index_url: str, project: str) -> list[ReleaseFile]:
 def find_sdist(requirement: str) -> ReleaseFile:
     """'name==version' -> the release's sdist as the configured index lists it."""
     name, _, version = requirement.partition("==")
-    return _search_sdists(name, lambda v: str(v) == version, requirement)
+    return _search_sdists(name, lambda v: str(v) == version, requirement)[1]
 
 
 def latest_sdist(name: str) -> tuple[str, ReleaseFile]:
     """The newest non-yanked final release of `name` that has an sdist, and that sdist."""
-    found = _search_sdists(name, lambda v: not v.is_prerelease and not v.is_devrelease, f"{name} (newest)",
-                           newest=True)
-    return str(parse_sdist_filename(found.filename)[1]), found
+    version, found = _search_sdists(name, lambda v: not v.is_prerelease and not v.is_devrelease,
+                                    f"{name} (newest)", newest=True)
+    return str(version), found
 
 
-def _search_sdists(name, accept, what: str, newest: bool = False) -> ReleaseFile:
+def _search_sdists(name: str, accept: Callable[[Version], bool], what: str,
+                   newest: bool = False) -> tuple[Version, ReleaseFile]:
+    """(version, sdist) of the first accepted release the indexes list, or of the newest with `newest`."""
     cfg = index_config()
     if not cfg.index_urls:
         raise PackageIndexError("pip is configured with no http(s) index; cannot look up " + what)
@@ -173,7 +177,7 @@ def _search_sdists(name, accept, what: str, newest: bool = False) -> ReleaseFile
             if fname == canonicalize_name(name) and accept(fversion):
                 matches.append((fversion, f))
         if matches:
-            return max(matches, key=lambda m: m[0])[1] if newest else matches[0][1]
+            return max(matches, key=lambda m: m[0]) if newest else matches[0]
         problems.append(f"{index_url}: no sdist for {what}")
     raise (PackageIndexError if answered else IndexUnreachable)("; ".join(problems))
 

@@ -10,10 +10,15 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import bundle, compare, export, manifest, markdown, receipts, repeat, reports, sources, verdicts
 from . import lint as lint_mod
+from .bisection import cli_run as bisect_run
+from .container import ContainerError
+from .container import cli_run as docker_run
+from .history import bundle_history
 from .layout import Layout, default_cache_dir
 from .pipeline import RunOptions, run_pack
 
@@ -32,11 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--pack", action="append", default=[], metavar="NN", help="run this pack (repeatable)")
     what.add_argument("--all", action="store_true", help="run every pack")
     what.add_argument("--check", action="store_true",
-                      help="CPU only: fetch sources and check the patch applies; no reproducer run")
+                      help="CPU only: fetch sources and check the patch applies (contract packs: sources "
+                      "only); no reproducer run")
     what.add_argument("--status", action="store_true", help="write STATUS.md from the committed receipts")
     what.add_argument("--report", metavar="NN", help="print the upstream issue/PR body for this pack")
     what.add_argument("--export", nargs=2, metavar=("NN", "DIR"),
                       help="write a self-contained folder for this pack to attach upstream")
+    what.add_argument("--bisect", metavar="NN",
+                      help="find the upstream commit between the pack's base and main (or --upstream REF) "
+                      "where its reproducer stops (or starts) printing BUG_REPRODUCED")
+    what.add_argument("--bisect-from", metavar="REF",
+                      help="with --bisect: start from this upstream ref instead of the pinned base")
     where = p.add_argument_group("which upstream code")
     where.add_argument("--upstream", metavar="REF", help="run against this git ref instead of the pinned base")
     where.add_argument("--source", type=Path, metavar="DIR",
@@ -49,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--timeout", type=int, metavar="S", help="per-stage timeout in seconds (default: the pack's)")
     how.add_argument("--keep", action="store_true", help="keep the work copies after the run")
     how.add_argument("--interpreter", default=sys.executable, help="Python interpreter for the reproducers")
+    how.add_argument("--docker", action="store_true",
+                     help="run the same command inside the pack's stack image (docker/<stack>/) with the GPU; "
+                     "builds the image when its context changed (needs the docker extra and a Docker engine)")
     how.add_argument("--run-dir", type=Path, default=None, help="where logs go (default: runs/<timestamp>)")
     how.add_argument("--strict", action="store_true", help="count SKIPPED as unexpected in the exit code")
     how.add_argument("--repeat", type=int, default=1, metavar="N",
@@ -72,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     off.add_argument("--bundle-ref", action="append", default=[], metavar="REF",
                      help="with --bundle: also carry the sources at this upstream ref (repeatable)")
     off.add_argument("--offline", type=Path, metavar="DIR", help="run from a bundle made by --bundle, no network")
+    off.add_argument("--bundle-bisect", action="store_true",
+                     help="with --bundle: also carry each pack's first-parent history from its base to main "
+                     "(or --upstream REF), trimmed to [source].paths, for --bisect on the node")
     return p
 
 
@@ -83,6 +100,12 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 200)
     err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
     try:
+        if args.docker:  # the same command inside the pack's stack image (harness/container.py)
+            try:
+                return docker_run(args, build_parser(), layout, lambda m: err.print(f"[dim]docker:[/] {escape(m)}"))
+            except ContainerError as exc:
+                err.print(f"[red]error:[/] {escape(str(exc))}")
+                return EXIT_USAGE
         if args.lint:
             return _lint(layout, console)
         if args.list:
@@ -95,6 +118,8 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
             pack = manifest.load_pack(manifest.select([args.report], layout)[0], layout)
             print(markdown.issue_body(pack, receipts.latest_for(pack, layout), layout), end="")
             return EXIT_OK
+        if args.bisect:
+            return bisect_run(args, layout, console, err)
         if args.export:
             pack = manifest.load_pack(manifest.select([args.export[0]], layout)[0], layout)
             for path in export.export(pack, Path(args.export[1]), layout):
@@ -178,6 +203,10 @@ def _run_one(pack, opts: RunOptions, args, progress):
 
 def _bundle(args, packs, cache_dir: Path, progress, console: Console, err: Console) -> int:
     try:
+        for pack in packs if args.bundle_bisect else []:  # history/ first: bundle.json hashes it too
+            index = bundle_history(pack, args.bundle.resolve(), args.upstream or "main", cache_dir, progress)
+            console.print(f"{pack.name}: history of the base and {len(index['commits']) - 1} first-parent commits, "
+                          f"{index['bundle_bytes'] / 2**20:.2f} MiB (history/{index['bundle']})")
         made = bundle.create(packs, args.bundle.resolve(), args.python,
                              tuple(args.platform) if args.platform else bundle.DEFAULT_PLATFORMS,
                              cache_dir, [*([args.upstream] if args.upstream else []), *args.bundle_ref], progress)
@@ -188,6 +217,8 @@ def _bundle(args, packs, cache_dir: Path, progress, console: Console, err: Conso
     console.print(f"bundle written: {args.bundle} ({size / 2**20:.1f} MiB, {len(made['files'])} files) for "
                   f"{', '.join(made['packs'])}; wheels: {', '.join(made['wheels']) or 'none'}")
     console.print(f"on the node: python runner.py --offline {args.bundle} " + " ".join(f"--pack {p.id}" for p in packs))
+    for pack in packs if args.bundle_bisect else []:
+        console.print(f"on the node: python runner.py --offline {args.bundle} --bisect {pack.id}")
     return EXIT_OK
 
 

@@ -1,6 +1,7 @@
 """--compare PREV.json: the nightly's question, did any pack change state since last time? Moving
 between the two healthy states one way (CONFIRMED -> FIXED_UPSTREAM: upstream fixed it) is news,
-not a failure; every other change is."""
+not a failure; every other change is. For a contract pack, BROKEN -> HELD (upstream repaired the seam)
+is news; HELD -> BROKEN is the alarm."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 from . import verdicts
 from .pipeline import PackResult
 
-ALLOWED = {(verdicts.CONFIRMED, verdicts.FIXED_UPSTREAM), (verdicts.PATCH_CONFLICT, verdicts.FIXED_UPSTREAM)}
+ALLOWED = {(verdicts.CONFIRMED, verdicts.FIXED_UPSTREAM), (verdicts.PATCH_CONFLICT, verdicts.FIXED_UPSTREAM),
+           (verdicts.BROKEN, verdicts.HELD)}  # a contract pack: upstream repaired the seam
 
 
 def previous_verdicts(path: Path) -> dict[tuple[str, str | None], str]:

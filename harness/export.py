@@ -27,7 +27,10 @@ def export(pack: Pack, dest: Path, layout: Layout) -> list[Path]:
 
 def _provenance(pack: Pack, receipt: dict | None) -> str:
     lines = ["", "---", "", f"Exported from the upstream-repro collection, pack `{pack.name}`."]
-    if receipt is not None:
+    if receipt is not None and pack.is_contract:
+        lines.append(f"`receipt.json` is the runner's record of the run of {receipt['date'][:10]} "
+                     f"(sha256 of the reproducer included; a contract pack has no patch).")
+    elif receipt is not None:
         lines.append(f"`receipt.json` is the runner's record of the GPU run of {receipt['date'][:10]} "
                      f"(sha256 of the reproducer and the patch included).")
     return "\n".join(lines) + "\n"

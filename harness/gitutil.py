@@ -21,10 +21,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def git(args: list[str], cwd: Path | None = None, check: bool = True, timeout: float = 600) -> str:
+def git(args: list[str], cwd: Path | None = None, check: bool = True, timeout: float = 600,
+        env: dict[str, str] | None = None, input: str | None = None) -> str:
+    """env: extra variables (GIT_INDEX_FILE, ...); input: the command's stdin."""
     cmd = ["git", "-c", "advice.detachedHead=false", "-c", "init.defaultBranch=main", *args]
     proc = subprocess.run(
-        cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout, check=False
+        cmd, cwd=cwd, env={**_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout,
+        check=False, input=input,
     )
     if check and proc.returncode != 0:
         raise GitError(args, proc.returncode, proc.stderr)

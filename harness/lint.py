@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from . import manifest
+from . import manifest, stacks
 from .layout import Layout
 from .manifest import ManifestError, Pack
 from .patching import patch_files
@@ -70,6 +70,9 @@ def lint_pack(pack_dir: Path, layout: Layout) -> tuple[Pack | None, list[str]]:
                 for f in patch_files(pack.patch_path):
                     if not any(manifest.inside(f, s) for s in pack.source_paths):
                         problems.append(f"{pack.name}: the patch touches '{f}', outside source.paths")
+    elif pack.patch_path.is_file():
+        problems.append(f"{pack.name}: a {pack.kind} (contract) pack has no patch, yet patches/{pack.name}.patch "
+                        "exists; remove it or make the pack a bug pack")
     if pack.readme_path.is_file():
         readme = pack.readme_path.read_text(encoding="utf-8")
         if not re.search(r"^#+\s*Scope\b", readme, re.MULTILINE | re.IGNORECASE):
@@ -78,9 +81,12 @@ def lint_pack(pack_dir: Path, layout: Layout) -> tuple[Pack | None, list[str]]:
         repro = pack.repro_path.read_text(encoding="utf-8")
         if re.search(r"^\s*(from|import)\s+harness\b", repro, re.MULTILINE):
             problems.append(f"{pack.name}: repro.py imports the harness; reproducers must stand alone")
-        for token in ("EVIDENCE", "BUG_REPRODUCED", "FIX_VALIDATED", "INCONCLUSIVE"):
+        tokens = (("EVIDENCE", "CONTRACT_HELD", "CONTRACT_BROKEN", "INCONCLUSIVE") if pack.is_contract
+                  else ("EVIDENCE", "BUG_REPRODUCED", "FIX_VALIDATED", "INCONCLUSIVE"))
+        for token in tokens:
             if token not in repro:
                 problems.append(f"{pack.name}: repro.py never prints {token}")
+    problems += stacks.pack_problems(pack, layout)
     return pack, problems
 
 

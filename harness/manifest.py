@@ -21,6 +21,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 from .layout import Layout
 
 DEFAULT_TIMEOUT_S = 900
+CONTRACT_KINDS = ("parity", "perf")  # no patch: HELD / BROKEN at a ref (PACKS.md, contract packs)
 PACK_DIR_RE = re.compile(r"^([0-9]{2,3})-([a-z0-9]+(?:-[a-z0-9]+)*)$")
 SELECTOR_RE = re.compile(r"^[0-9]{1,3}$|^[0-9]{2,3}-[a-z0-9]+(?:-[a-z0-9]+)*$")
 
@@ -59,6 +60,7 @@ class Pack:
     expect: dict[str, str] = field(default_factory=dict)
     retired: str | None = None
     headline: tuple[str, ...] = ()
+    stack: str | None = None  # docker/<stack>/: the container --docker runs the pack in
 
     @property
     def name(self) -> str:
@@ -81,8 +83,13 @@ class Pack:
         return f"https://github.com/{self.repo}"
 
     @property
+    def is_contract(self) -> bool:
+        """A contract pack (kind parity/perf): no patch; one stage checks a seam's contract at a ref."""
+        return self.kind in CONTRACT_KINDS
+
+    @property
     def has_patch(self) -> bool:
-        return self.kind != "parity"
+        return not self.is_contract
 
 
 @cache
@@ -111,7 +118,10 @@ def validate_manifest(data: dict[str, Any], source: Path) -> None:
     if errors:
         first = errors[0]
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ManifestError(f"{source}: field '{_field_name(first)}': {first.message}{more}")
+        message = first.message
+        if first.validator == "not" and first.validator_value == {}:  # a field this kind of pack must not have
+            message = f"not allowed here: {first.schema.get('description', 'this field does not belong here')}"
+        raise ManifestError(f"{source}: field '{_field_name(first)}': {message}{more}")
 
 
 def load_pack(pack_dir: Path, layout: Layout | None = None) -> Pack:
@@ -175,6 +185,7 @@ def load_pack(pack_dir: Path, layout: Layout | None = None) -> Pack:
         expect=dict(data.get("expect", {})),
         retired=data.get("retired"),
         headline=tuple(data.get("report", {}).get("headline", ())),
+        stack=req.get("stack"),
     )
 
 

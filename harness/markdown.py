@@ -106,29 +106,38 @@ def issue_body(pack: Pack, receipt: dict[str, Any] | None, layout: Layout) -> st
     readme = pack.readme_path.read_text(encoding="utf-8")
     base = f"{pack.base_ref} (`{pack.base_commit[:12]}`)" + (f", release {pack.sdist}" if pack.sdist else "")
     attached = f"`repro.py` (torch + this library only) and the fix, `{pack.patch_path.name}`, are attached."
-    out = [f"## {pack.title}", "", f"**Where:** `{pack.repo}` at {base}.", "", "### What breaks", "",
-           pack.claim["bug"], "", "### Reproduce", "", attached if pack.has_patch else "`repro.py` is attached.",
-           "", "```bash", "python repro.py            # on the current code: prints EVIDENCE {...} and BUG_REPRODUCED"]
-    if pack.has_patch:
-        out += [f"git am {pack.patch_path.name}", "python repro.py            # with the fix: FIX_VALIDATED"]
+    out = [f"## {pack.title}", "", f"**Where:** `{pack.repo}` at {base}.", ""]
+    if pack.is_contract:  # no patch: the contract, how it breaks silently, and one check
+        out += ["### The contract", "", pack.claim["contract"], "", "### How it breaks silently", "",
+                pack.claim["breaks"], "", "### Reproduce", "", "`repro.py` is attached.", "", "```bash",
+                "python repro.py            # prints EVIDENCE {...}, then CONTRACT_HELD or CONTRACT_BROKEN"]
+    else:
+        out += ["### What breaks", "", pack.claim["bug"], "", "### Reproduce", "", attached, "", "```bash",
+                "python repro.py            # on the current code: prints EVIDENCE {...} and BUG_REPRODUCED",
+                f"git am {pack.patch_path.name}", "python repro.py            # with the fix: FIX_VALIDATED"]
     out += ["```", ""]
     how = _section(readme, "Reproduce")
     if how:
         out += ["Setup notes from the pack:", "", how, ""]
     out += ["### Observed vs expected", ""]
     if receipt is None:
-        out += ["No GPU receipt yet: run `python runner.py --pack " + pack.id + " --receipt` on a GPU.", ""]
+        run = f"`python runner.py --pack {pack.id} --receipt`"
+        if pack.is_contract and not pack.gpu:
+            out += [f"No receipt yet: run {run} (a CPU is enough for this pack).", ""]
+        else:
+            out += [f"No GPU receipt yet: run {run} on a GPU.", ""]
     else:
+        labels = {"clean": "current code", "patched": "with the patch", "contract": "at this ref"}
         for stage in receipt["stages"]:
-            label = "current code" if stage["name"] == "clean" else "with the patch"
+            label = labels.get(stage["name"], stage["name"])
             numbers = headline(stage["evidence"], pack.headline, limit=8)
             out.append(f"- **{label}** ({stage['name']} stage): `{stage['sentinel']}` — {numbers}")
         env = receipt["environment"]
         cuda = env.get("torch", {}).get("cuda", {})
         pk = env.get("packages", {})
-        out += ["", "### Environment", "",
-                f"- GPU: {cuda.get('device_name')} (sm {cuda.get('capability')}), driver {cuda.get('driver')}, "
-                f"CUDA runtime {cuda.get('runtime')}",
+        gpu = (f"- GPU: {cuda.get('device_name')} (sm {cuda.get('capability')}), driver {cuda.get('driver')}, "
+               f"CUDA runtime {cuda.get('runtime')}") if cuda.get("device_name") else "- GPU: none (a CPU run)"
+        out += ["", "### Environment", "", gpu,
                 f"- torch {env.get('torch', {}).get('version')}, triton {pk.get('triton')}, "
                 f"tilelang {pk.get('tilelang')}, Python {env.get('python')}",
                 f"- {receipt['target']['repo']} at {receipt['target']['ref']} "

@@ -1,4 +1,5 @@
-"""One pack, one upstream ref: sources -> clean and patched copies -> reproducer on each -> verdict."""
+"""One pack, one upstream ref: sources -> clean and patched copies -> reproducer on each -> verdict.
+A contract pack (kind parity/perf) has no patch: one "contract" stage on the clean tree -> HELD / BROKEN."""
 
 from __future__ import annotations
 
@@ -101,7 +102,10 @@ def run_pack(pack: Pack, opts: RunOptions, progress: Progress) -> PackResult:
         verdict=verdicts.ERROR, reason="", expected=[], as_expected=False,
         started_at=started, log_dir=str(pack_dir), bundle=opts.bundle,
     )
-    result.expected = list(verdicts.expected(pack.expect, opts.upstream_ref, opts.check_only))
+    if pack.is_contract:  # the pinned base is a ref like any other: [expect] may name it
+        result.expected = list(verdicts.expected_contract(pack.expect, result.ref, opts.check_only))
+    else:
+        result.expected = list(verdicts.expected(pack.expect, opts.upstream_ref, opts.check_only, pack.base_ref))
     say = lambda msg: progress(f"[{pack.id}] {msg}")  # noqa: E731
     try:
         if pack.retired:
@@ -147,6 +151,9 @@ def _run(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path, say: 
     work = pack_dir / "work"
     sources.remove_tree(work)
     work.mkdir(parents=True)
+    if pack.is_contract:
+        _run_contract(pack, opts, result, source, pack_dir, say)
+        return
     say("preparing clean and patched work copies")
     clean_tree = sources.work_copy(source, work / "clean")
     patched_tree = None
@@ -169,6 +176,38 @@ def _run(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path, say: 
                   "no_patch": "sources fetched (this pack has no patch)"}[patch.status]
         raise _Stop(verdict, reason)
 
+    artifacts, timeout = _prepare_stages(pack, opts, result, pack_dir, say)
+    clean = _stage("clean", clean_tree, pack, opts, pack_dir, artifacts, timeout, source, say)
+    result.stages.append(clean)
+    patched = None
+    # An INCONCLUSIVE clean stage measured something without a conclusion (a precision claim whose
+    # effect stays under its threshold): the patched stage still runs, so the report shows both sides.
+    if clean.sentinel in ("BUG_REPRODUCED", "INCONCLUSIVE") and patch.status == "applied" and patched_tree:
+        patched = _stage("patched", patched_tree, pack, opts, pack_dir, artifacts, timeout, source, say)
+        result.stages.append(patched)
+    result.verdict, result.reason = verdicts.classify(
+        clean.outcome(), patch.status, patched.outcome() if patched else None)
+    if result.verdict == verdicts.PATCH_CONFLICT:
+        result.reason += ": " + "; ".join(patch.failures)
+
+
+def _run_contract(pack: Pack, opts: RunOptions, result: PackResult, source: sources.Source, pack_dir: Path,
+                  say: Progress) -> None:
+    """A contract pack: no patch, one stage ("contract") on the clean tree at the ref -> HELD / BROKEN."""
+    say("preparing the work copy (contract pack: no patch)")
+    tree = sources.work_copy(source, pack_dir / "work" / "contract")
+    if opts.check_only:
+        raise _Stop(verdicts.CHECKED, "sources fetched (contract pack: no patch; the reproducer did not run)")
+    artifacts, timeout = _prepare_stages(pack, opts, result, pack_dir, say)
+    stage = _stage("contract", tree, pack, opts, pack_dir, artifacts, timeout, source, say)
+    result.stages.append(stage)
+    result.verdict, result.reason = verdicts.classify_contract(stage.outcome())
+
+
+def _prepare_stages(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path,
+                    say: Progress) -> tuple[Path, int]:
+    """Probe the environment (SKIPPED when the pack's requirements are unmet), empty the artifacts
+    folder; (artifacts, per-stage timeout)."""
     say("probing the environment")
     info = environment.probe(opts.python, environment.dist_names(pack.python_deps), _env_with(opts, []))
     result.environment = info
@@ -180,17 +219,7 @@ def _run(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path, say: 
     artifacts = pack_dir / "artifacts"
     sources.remove_tree(artifacts)  # what the clean stage saves must come from this run's clean stage
     artifacts.mkdir(parents=True)
-    timeout = opts.timeout_s or pack.timeout_s
-    clean = _stage("clean", clean_tree, pack, opts, pack_dir, artifacts, timeout, source, say)
-    result.stages.append(clean)
-    patched = None
-    if clean.sentinel == "BUG_REPRODUCED" and patch.status == "applied" and patched_tree is not None:
-        patched = _stage("patched", patched_tree, pack, opts, pack_dir, artifacts, timeout, source, say)
-        result.stages.append(patched)
-    result.verdict, result.reason = verdicts.classify(
-        clean.outcome(), patch.status, patched.outcome() if patched else None)
-    if result.verdict == verdicts.PATCH_CONFLICT:
-        result.reason += ": " + "; ".join(patch.failures)
+    return artifacts, opts.timeout_s or pack.timeout_s
 
 
 def compile_cache_state() -> dict[str, str]:
@@ -224,7 +253,8 @@ def _stage(name: str, tree: Path, pack: Pack, opts: RunOptions, pack_dir: Path, 
               f"\n# PYTHONPATH={env['PYTHONPATH']}\n")
     done = execution.run_command([opts.python, str(pack.repro_path)], cwd, env, timeout,
                                  pack_dir / f"{name}.log", header)
-    parsed = sentinels.parse(done.stdout, pack.extra_sentinels)
+    parsed = sentinels.parse(done.stdout, pack.extra_sentinels,
+                             sentinels.CONTRACT_SENTINELS if pack.is_contract else sentinels.VERDICT_SENTINELS)
     error = None
     if done.timed_out:
         error = f"timed out after {timeout}s"

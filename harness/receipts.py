@@ -41,15 +41,23 @@ def sha256_file(path: Path) -> str | None:
 
 
 def manifest_digest(path: Path) -> str:
-    """sha256 of pack.toml without its [report] table: how results are shown does not change what
-    was measured, so editing it must not make a receipt stale. Without [report], the file's own sha256."""
-    kept, skipping = [], False
+    """sha256 of pack.toml without its [report] table and without the `stack = ...` line of [requires]:
+    how results are shown does not change what was measured, so editing it must not make a receipt stale.
+    Neither does the stack: it names the container `--docker` runs the pack in (how to run it), not what
+    the pack claims or what a run measured, and a receipt records the environment that actually ran
+    (Python, torch, triton, tilelang, GPU) whatever started it. So naming or changing a pack's stack keeps
+    its receipts current; the line must stay on one line for that (the schema allows only a plain name).
+    Without either, the file's own sha256."""
+    kept, skipping, table = [], False, b""
     for line in path.read_bytes().splitlines(keepends=True):
         header = re.match(rb"^\s*\[([^\]]+)\]\s*(#.*)?$", line)
         if header:
-            skipping = header.group(1).strip() == b"report"
+            table = header.group(1).strip()
+            skipping = table == b"report"
             if skipping and kept and not kept[-1].strip():
                 kept.pop()  # the one blank line that separates [report] from what precedes it
+        if table == b"requires" and re.match(rb"""^\s*["']?stack["']?\s*=""", line):
+            continue
         if not skipping:
             kept.append(line)
     return hashlib.sha256(b"".join(kept)).hexdigest()

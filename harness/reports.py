@@ -15,7 +15,8 @@ from .markdown import headline
 from .pipeline import PackResult
 
 STYLE = {"CONFIRMED": "bold green", "FIXED_UPSTREAM": "cyan", "CHECKED": "green", "SKIPPED": "yellow",
-         "PATCH_CONFLICT": "magenta", "ALREADY_APPLIED": "cyan"}
+         "PATCH_CONFLICT": "magenta", "ALREADY_APPLIED": "cyan", "HELD": "bold green", "BROKEN": "bold magenta",
+         "INCONCLUSIVE": "yellow"}
 
 
 def _where(r: PackResult) -> str:
@@ -28,6 +29,8 @@ def stage_numbers(r: PackResult) -> str:
 
 
 def _cell(stages: dict, name: str) -> str:
+    if name == "clean" and "contract" in stages:  # a contract pack's one stage shares the first column
+        name = "contract"
     if name not in stages:
         return "-"
     stage = stages[name]
@@ -36,7 +39,8 @@ def _cell(stages: dict, name: str) -> str:
 
 def print_table(results: list[PackResult], console: Console) -> None:
     table = Table(title="upstream-repro verdicts", show_lines=False)
-    for col in ("pack", "target", "ref @ commit (source)", "clean", "patched", "verdict", "expected", "time"):
+    for col in ("pack", "target", "ref @ commit (source)", "clean / contract", "patched", "verdict", "expected",
+                "time"):
         table.add_column(col, overflow="fold")
     for r in results:
         stages = {s.name: s for s in r.stages}

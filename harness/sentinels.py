@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 VERDICT_SENTINELS = ("BUG_REPRODUCED", "FIX_VALIDATED", "INCONCLUSIVE")
+# Contract packs (kind parity/perf) say whether a seam's contract held; same trust rules.
+CONTRACT_SENTINELS = ("CONTRACT_HELD", "CONTRACT_BROKEN", "INCONCLUSIVE")
+_ALL_SENTINELS = tuple(dict.fromkeys(VERDICT_SENTINELS + CONTRACT_SENTINELS))
 EVIDENCE_PREFIX = "EVIDENCE "
 
 
@@ -26,13 +29,17 @@ class Parsed:
         return not self.problems and self.sentinel is not None and self.evidence is not None
 
 
-def parse(stdout: str, allowed_extras: tuple[str, ...] = ()) -> Parsed:
+def parse(stdout: str, allowed_extras: tuple[str, ...] = (),
+          verdict_sentinels: tuple[str, ...] = VERDICT_SENTINELS) -> Parsed:
+    """`verdict_sentinels`: the set this pack's kind may print (VERDICT_SENTINELS for bug packs,
+    CONTRACT_SENTINELS for contract packs). A sentinel of the other set counts as a sentinel and is
+    a problem, so a contract reproducer printing BUG_REPRODUCED is an error, not chatter."""
     result = Parsed()
     sentinels: list[tuple[int, str]] = []
     evidence_lines: list[tuple[int, str]] = []
     for number, raw in enumerate(stdout.splitlines()):
         line = raw.strip()
-        if line in VERDICT_SENTINELS:
+        if line in _ALL_SENTINELS:
             sentinels.append((number, line))
         elif line.startswith(EVIDENCE_PREFIX) or line == "EVIDENCE":
             evidence_lines.append((number, line[len(EVIDENCE_PREFIX):]))
@@ -55,6 +62,9 @@ def parse(stdout: str, allowed_extras: tuple[str, ...] = ()) -> Parsed:
     if len(sentinels) != 1:
         names = ", ".join(s for _, s in sentinels) or "none"
         result.problems.append(f"expected exactly one verdict sentinel, found {len(sentinels)} ({names})")
+    elif sentinels[0][1] not in verdict_sentinels:
+        result.problems.append(f"sentinel {sentinels[0][1]} is not one this pack may print "
+                               f"({', '.join(verdict_sentinels)})")
     else:
         result.sentinel = sentinels[0][1]
         if evidence_lines and evidence_lines[0][0] > sentinels[0][0]:

@@ -12,12 +12,17 @@ ERROR = "ERROR"
 TIMEOUT = "TIMEOUT"
 SKIPPED = "SKIPPED"
 FLAKY = "FLAKY"  # --repeat: the runs disagree
+# The clean stage measured and said INCONCLUSIVE: neither the bug nor its absence was shown.
+INCONCLUSIVE = "INCONCLUSIVE"
 # --check (no reproducer run): the sources were had and the patch applies
 CHECKED = "CHECKED"
 ALREADY_APPLIED = "ALREADY_APPLIED"
+# Contract packs (kind parity/perf: no patch, one stage): the seam's contract held, or it did not.
+HELD = "HELD"
+BROKEN = "BROKEN"
 
 ALL = (CONFIRMED, FIXED_UPSTREAM, PATCH_CONFLICT, FIX_FAILED, ERROR, TIMEOUT, SKIPPED, FLAKY, CHECKED,
-       ALREADY_APPLIED)
+       ALREADY_APPLIED, HELD, BROKEN, INCONCLUSIVE)
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,8 @@ def classify(clean: StageOutcome, patch_status: str, patched: StageOutcome | Non
     if clean.sentinel is None:
         return ERROR, f"the clean stage gave no trusted sentinel: {clean.error}"
     if clean.sentinel == "INCONCLUSIVE":
-        return ERROR, "the clean stage was INCONCLUSIVE (see its EVIDENCE reason)"
+        after = f"; the patched stage said {patched.sentinel or patched.error}" if patched else ""
+        return INCONCLUSIVE, f"the clean stage measured no conclusive effect (see its EVIDENCE){after}"
     if clean.sentinel == "FIX_VALIDATED":
         return FIXED_UPSTREAM, "the bug's signature is gone on the clean upstream code"
     # clean stage: BUG_REPRODUCED
@@ -61,13 +67,16 @@ CHECK_EQUIVALENT = {
     FIXED_UPSTREAM: (CHECKED, ALREADY_APPLIED, PATCH_CONFLICT),  # upstream's own fix may touch our lines
     PATCH_CONFLICT: (PATCH_CONFLICT,),
     FIX_FAILED: (CHECKED, ALREADY_APPLIED),
+    INCONCLUSIVE: (CHECKED,),
 }
 
 
-def expected(pack_expect: dict[str, str], upstream_ref: str | None, check_only: bool) -> tuple[str, ...]:
-    """Verdicts that count as 'as expected' for this ref."""
+def expected(pack_expect: dict[str, str], upstream_ref: str | None, check_only: bool,
+             base_ref: str | None = None) -> tuple[str, ...]:
+    """Verdicts that count as 'as expected' for this ref. At the pinned base that is CONFIRMED unless the
+    pack's [expect] names the base ref (a precision pack whose effect was measured INCONCLUSIVE)."""
     if upstream_ref is None:
-        wanted: tuple[str, ...] = (CONFIRMED,)
+        wanted: tuple[str, ...] = (pack_expect.get(base_ref, CONFIRMED),) if base_ref else (CONFIRMED,)
     elif upstream_ref in pack_expect:
         wanted = (pack_expect[upstream_ref],)
     else:
@@ -77,3 +86,26 @@ def expected(pack_expect: dict[str, str], upstream_ref: str | None, check_only: 
     if not check_only:
         return wanted
     return tuple(dict.fromkeys(v for w in wanted for v in CHECK_EQUIVALENT[w]))
+
+
+def classify_contract(stage: StageOutcome) -> tuple[str, str]:
+    """A contract pack's one stage: (verdict, one-sentence reason). Trust rules as for bug packs: only a
+    trusted sentinel (exit 0, one well-formed EVIDENCE, one sentinel) gives HELD or BROKEN."""
+    if stage.timed_out:
+        return TIMEOUT, "the contract stage ran past its timeout"
+    if stage.sentinel is None:
+        return ERROR, f"the contract stage gave no trusted sentinel: {stage.error}"
+    if stage.sentinel == "CONTRACT_HELD":
+        return HELD, "the contract holds at this ref"
+    if stage.sentinel == "CONTRACT_BROKEN":
+        return BROKEN, "the contract is broken at this ref (its EVIDENCE names what broke)"
+    return ERROR, f"the contract stage was {stage.sentinel} (see its EVIDENCE reason)"
+
+
+def expected_contract(pack_expect: dict[str, str], ref: str, check_only: bool) -> tuple[str, ...]:
+    """What a contract pack should say at `ref` (the pinned base's ref when no --upstream is given):
+    the pack's [expect] entry for that ref, else HELD. A contract found broken is a finding the
+    manifest states per ref (BROKEN where upstream is known to break it), never a silent default."""
+    if check_only:
+        return (CHECKED,)
+    return (pack_expect.get(ref, HELD),)

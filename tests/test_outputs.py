@@ -97,7 +97,7 @@ def test_repeat_through_the_cli(collection, upstream, cache, tmp_path, monkeypat
             "--json", str(tmp_path / "o.json")]
     assert cli.main(args, layout=collection.layout) == cli.EXIT_UNEXPECTED
     packed = json.loads((tmp_path / "o.json").read_text())["packs"][0]
-    assert packed["verdict"] == "FLAKY" and packed["repeat"]["verdicts"] == ["FIX_FAILED", "ERROR"]
+    assert packed["verdict"] == "FLAKY" and packed["repeat"]["verdicts"] == ["FIX_FAILED", "INCONCLUSIVE"]
 
 
 def test_compare_flags_unexpected_state_changes(tmp_path):

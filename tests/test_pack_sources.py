@@ -42,3 +42,27 @@ def test_patch_applies_to_the_pinned_base(pack, tmp_path):
             py_compile.compile(str(work / path), doraise=True)
     for rel in pack.import_paths:
         assert (work / rel).exists(), f"import path {rel} missing from the {src.kind} tree"
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("pack", [p for p in PACKS if p.is_contract], ids=lambda p: p.name)
+def test_contract_pack_sources_at_the_pinned_base(pack, tmp_path):
+    src = acquire(pack, tmp_path / "cache")
+    work = sources.work_copy(src, tmp_path / "work")
+    for rel in pack.import_paths:
+        assert (work / rel).exists(), f"import path {rel} missing from the {src.kind} tree"
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("pack", [p for p in PACKS if p.is_contract and not p.gpu and not p.retired],
+                         ids=lambda p: p.name)
+def test_cpu_contract_pack_gives_its_expected_verdict(pack, tmp_path):
+    """CPU-only contract packs run here for real (git, or the sdist when git cannot be reached); where the
+    pack's requirements (torch, ...) are not installed, as in CI, the runner says SKIPPED and so does this."""
+    from harness.pipeline import RunOptions, run_pack
+
+    result = run_pack(pack, RunOptions(cache_dir=tmp_path / "cache", run_dir=tmp_path / "runs", layout=LAYOUT),
+                      lambda m: None)
+    if result.verdict == "SKIPPED":
+        pytest.skip(result.reason)
+    assert result.as_expected, f"{result.verdict}: {result.reason}"

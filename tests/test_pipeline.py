@@ -146,3 +146,11 @@ def test_a_wrong_commit_is_still_an_error(collection, upstream, opts):
     folder = collection.add_pack("01", "toy", "0" * 40)
     result = run(collection, opts, folder)
     assert result.verdict == "ERROR"
+
+
+def test_inconclusive_clean_stage_still_runs_the_patched_stage(collection, upstream, opts):
+    repro = "print('EVIDENCE {\"effect\": 1.4}')\nprint('INCONCLUSIVE')\n"
+    folder = collection.add_pack("01", "toy", upstream.base, repro=repro)
+    result = run(collection, opts, folder)
+    assert result.verdict == "INCONCLUSIVE" and [s.name for s in result.stages] == ["clean", "patched"]
+    assert not result.as_expected  # expected at the base: CONFIRMED, unless [expect] names the base ref

@@ -112,9 +112,13 @@ def issue_body(pack: Pack, receipt: dict[str, Any] | None, layout: Layout) -> st
                 pack.claim["breaks"], "", "### Reproduce", "", "`repro.py` is attached.", "", "```bash",
                 "python repro.py            # prints EVIDENCE {...}, then CONTRACT_HELD or CONTRACT_BROKEN"]
     else:
+        # What each run printed in the latest receipt (a precision pack may have measured INCONCLUSIVE),
+        # else what the protocol expects at the pinned base.
+        seen = {s["name"]: s.get("sentinel") for s in (receipt or {}).get("stages", [])}
+        clean, patched = seen.get("clean") or "BUG_REPRODUCED", seen.get("patched") or "FIX_VALIDATED"
         out += ["### What breaks", "", pack.claim["bug"], "", "### Reproduce", "", attached, "", "```bash",
-                "python repro.py            # on the current code: prints EVIDENCE {...} and BUG_REPRODUCED",
-                f"git am {pack.patch_path.name}", "python repro.py            # with the fix: FIX_VALIDATED"]
+                f"python repro.py            # on the current code: prints EVIDENCE {{...}} and {clean}",
+                f"git am {pack.patch_path.name}", f"python repro.py            # with the fix: {patched}"]
     out += ["```", ""]
     how = _section(readme, "Reproduce")
     if how:

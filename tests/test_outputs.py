@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, compare, markdown, receipts, repeat
+from harness import cli, compare, manifest, markdown, receipts, repeat
 from harness.layout import Layout
 from harness.pipeline import PackResult, StageRecord
 
@@ -37,6 +37,15 @@ def test_report_holds_the_sections_a_maintainer_needs(collection, upstream, caps
     for part in ("### What breaks", "### Reproduce", "git am 01-toy.patch", "### Observed vs expected",
                  "No GPU receipt yet", "### The fix", "### Scope", "Not claimed:", "https://github.com/acme/widget"):
         assert part in body
+
+
+def test_report_says_what_the_receipt_measured_not_what_the_protocol_hopes():
+    # pack 14's receipt is INCONCLUSIVE on both stages: its report must not promise BUG_REPRODUCED
+    layout = Layout()
+    pack = manifest.load_pack(manifest.select(["14"], layout)[0], layout)
+    body = markdown.issue_body(pack, receipts.latest_for(pack, layout), layout)
+    assert "prints EVIDENCE {...} and INCONCLUSIVE" in body and "with the fix: INCONCLUSIVE" in body
+    assert "BUG_REPRODUCED" not in body.split("### Reproduce")[1].split("```")[1]
 
 
 def test_export_runs_without_the_project(collection, upstream, cache, tmp_path):

@@ -48,7 +48,9 @@ CONTRACT_BROKEN, CONTRACT_HELD = "CONTRACT_BROKEN", "CONTRACT_HELD"
 
 def sentinel_pair(pack: Pack) -> tuple[str, str]:
     """(the bug's sentinel, the good one): a contract pack (no patch) says BROKEN / HELD instead."""
-    return (CONTRACT_BROKEN, CONTRACT_HELD) if getattr(pack, "is_contract", False) else (BUG, FIX)
+    return (CONTRACT_BROKEN, CONTRACT_HELD) if pack.is_contract else (BUG, FIX)
+
+
 EXIT_FOUND, EXIT_NOT_FOUND, EXIT_USAGE = 0, 1, 2
 
 

@@ -209,9 +209,7 @@ def _prepare_stages(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: 
     """Probe the environment (SKIPPED when the pack's requirements are unmet), empty the artifacts
     folder; (artifacts, per-stage timeout)."""
     say("probing the environment")
-    info = environment.probe(opts.python, environment.dist_names(pack.python_deps), _env_with(opts, []))
-    result.environment = info
-    unmet = environment.unmet_requirements(info, pack.gpu, pack.min_capability, pack.gpus, pack.python_deps)
+    result.environment, unmet = probe_requirements(pack, opts)
     if unmet:
         raise _Stop(verdicts.SKIPPED, "; ".join(unmet))
 
@@ -220,6 +218,12 @@ def _prepare_stages(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: 
     sources.remove_tree(artifacts)  # what the clean stage saves must come from this run's clean stage
     artifacts.mkdir(parents=True)
     return artifacts, opts.timeout_s or pack.timeout_s
+
+
+def probe_requirements(pack: Pack, opts: RunOptions) -> tuple[dict[str, Any], list[str]]:
+    """The reproducers' environment (as they will see it) and the pack's requirements it does not meet."""
+    info = environment.probe(opts.python, environment.dist_names(pack.python_deps), _env_with(opts, []))
+    return info, environment.unmet_requirements(info, pack.gpu, pack.min_capability, pack.gpus, pack.python_deps)
 
 
 def compile_cache_state() -> dict[str, str]:

@@ -347,7 +347,7 @@ def _offline(pack: Pack, args, opts: pipeline.RunOptions, progress: Progress):
     where = args.offline.resolve()
     _, extra_path, made = bundle.open_bundle(where, progress)  # checks every file's sha256, history included
     opts.extra_pythonpath = extra_path
-    opts.bundle = {"path": str(where), "created_at": made["created_at"], "wheels": made["wheels"]}
+    opts.bundle = bundle.run_record(where, made)
     index = history.read_bundle_index(where, pack)
     chain = history.bundled_chain(index)
     named = {index["old"]["ref"]: index["old"]["commit"], index["new"]["ref"]: index["new"]["commit"]}

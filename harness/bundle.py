@@ -200,3 +200,9 @@ def open_bundle(bundle: Path, progress: Progress) -> tuple[Path, list[Path], dic
         raise BundleError(f"--offline {bundle}: files missing or changed since bundling: {bad[:5]}")
     site = [offline_boot.unpack(bundle, manifest["packs_site"])] if manifest.get("packs_site") else []
     return bundle / "cache", site, manifest
+
+
+def run_record(bundle: Path, manifest: dict) -> dict:
+    """What an --offline run records about the bundle it ran from (results, receipts, bisect records)."""
+    return {"path": str(bundle), "created_at": manifest["created_at"], "wheels": manifest["wheels"],
+            "pruned": manifest["pruned"]}

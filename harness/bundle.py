@@ -25,7 +25,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from . import __version__, offline_boot, sources
+from . import __version__, companions, offline_boot, sources
 from .extract import extract_archive
 from .manifest import Pack
 from .receipts import sha256_file
@@ -143,10 +143,11 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
                 continue
             got.append(sources.acquire_git(pack.repo, ref, commit, how, pack.source_paths, cache, progress))
         entries[pack.name] = []
-        for src in got:
+        carried = [(s, False) for s in got] + [(s, True) for s in companions.acquire(pack, cache, progress)]
+        for src, companion in carried:
             rel = _copy_entry(src.tree.parent, cache, dest_cache)
             entries[pack.name].append({"kind": src.kind, "ref": src.ref, "commit": src.commit,
-                                       "sdist": src.sdist, "entry": rel})
+                                       "sdist": src.sdist, "entry": rel, "companion": companion})
         refs_file = cache / "refs" / f"{pack.repo.replace('/', '+')}.json"
         if refs and refs_file.is_file():
             (dest_cache / "refs").mkdir(parents=True, exist_ok=True)

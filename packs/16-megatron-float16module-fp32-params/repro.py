@@ -77,8 +77,10 @@ def main() -> int:
     acts = activations(block, torch.Generator(device="cuda").manual_seed(SEED))
     unwrapped = launch(mamba3_mimo, block, acts)
 
-    config = TransformerConfig(num_layers=1, hidden_size=D_MODEL, num_attention_heads=4, bf16=True,
-                               params_dtype=torch.bfloat16)
+    # Float16Module reads three fields of its config (fp16, bf16, virtual_pipeline_model_parallel_size).
+    # The config is built without __post_init__, which on main imports the whole GPT model stack.
+    config = object.__new__(TransformerConfig)
+    config.fp16, config.bf16, config.virtual_pipeline_model_parallel_size = False, True, None
     wrapped = mcore_module.Float16Module(config, block)
     inner = wrapped.module
     after = {n: str(p.dtype).removeprefix("torch.") for n, p in inner.named_parameters() if n in fp32}

@@ -58,3 +58,12 @@ def test_a_bundle_carries_the_companion(collection, upstream, cache, index, tmp_
     carried = made["packs"]["01-toy"]
     assert [e["companion"] for e in carried] == [False, True]
     assert (tmp_path / "b" / "cache" / carried[1]["entry"] / "tree" / "src" / "widget" / "__init__.py").is_file()
+
+
+def test_the_issue_body_names_the_companion(collection, upstream, index):  # noqa: F811
+    from harness import markdown
+
+    folder = collection.add_pack("01", "toy", upstream.base, repro=REPRO, extra_requires=companion_line(index))
+    pack = manifest.load_pack(folder, collection.layout)
+    body = markdown.issue_body(pack, None, collection.layout)
+    assert "torch + this library + widget==1.0 (unpatched) only" in body

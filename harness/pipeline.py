@@ -34,6 +34,7 @@ class RunOptions:
     python: str = sys.executable
     extra_pythonpath: list[Path] = field(default_factory=list)  # an offline bundle's wheel tree
     bundle: dict[str, Any] | None = None  # what --offline ran from
+    wheel_archives: dict[str, list[tuple[Path, str]]] = field(default_factory=dict)  # --offline: compiler packs
 
 
 @dataclass
@@ -231,14 +232,14 @@ def _run_compiler(pack: Pack, opts: RunOptions, result: PackResult, source: sour
     prune = pack.bundle_prune
     # at --upstream <fixed release> the one (clean) stage imports that release: FIXED_UPSTREAM when it is fixed
     base_pins = fix.fixed_wheels if opts.upstream_ref == fix.fixed_release else fix.base_wheels
-    base_site = wheelsite.site(base_pins, prune, opts.cache_dir, opts.python, say)
-    clean = _stage("clean", tree, pack, replace(opts, extra_pythonpath=[base_site, *opts.extra_pythonpath]),
+    base_sites = wheelsite.site(base_pins, prune, opts.cache_dir, opts.python, say, opts.wheel_archives)
+    clean = _stage("clean", tree, pack, replace(opts, extra_pythonpath=[*base_sites, *opts.extra_pythonpath]),
                    pack_dir, artifacts, timeout, source, say)
     result.stages.append(clean)
     fixed = None
     if clean.sentinel in ("BUG_REPRODUCED", "INCONCLUSIVE") and opts.upstream_ref is None:
-        fixed_site = wheelsite.site(fix.fixed_wheels, prune, opts.cache_dir, opts.python, say)
-        fixed_opts = replace(opts, extra_pythonpath=[fixed_site, *opts.extra_pythonpath])
+        fixed_sites = wheelsite.site(fix.fixed_wheels, prune, opts.cache_dir, opts.python, say, opts.wheel_archives)
+        fixed_opts = replace(opts, extra_pythonpath=[*fixed_sites, *opts.extra_pythonpath])
         fixed = _stage("fixed-release", tree, pack, fixed_opts, pack_dir, artifacts, timeout, source, say)
         result.stages.append(fixed)
     result.verdict, result.reason = verdicts.classify(clean.outcome(), "applied", fixed.outcome() if fixed else None,

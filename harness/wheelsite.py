@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from . import wheels
+from . import offline_boot, wheels
 from .sources import Progress, SourceError
 
 
@@ -25,15 +25,26 @@ def python_version(python: str) -> str:
     return out.stdout.strip()
 
 
-def site(pins: tuple[str, ...], prune: tuple[str, ...], cache: Path, python: str, progress: Progress) -> Path:
-    """The unpacked tree of `pins` for `python`, from the cache or the index; put it first on PYTHONPATH."""
+def key(pins: tuple[str, ...], prune: tuple[str, ...], version: str) -> str:
+    """The name of one unpacked wheel set for Python `version` (the cache entry, the bundle archive)."""
+    return hashlib.sha256("\n".join([version, *sorted(pins), *sorted(prune)]).encode()).hexdigest()[:16]
+
+
+def site(pins: tuple[str, ...], prune: tuple[str, ...], cache: Path, python: str, progress: Progress,
+         archives: dict[str, list[tuple[Path, str]]] | None = None) -> list[Path]:
+    """The unpacked trees of `pins` for `python`, to put first on PYTHONPATH: from an offline bundle
+    (`archives`: key -> its parts as (bundle, archive name); pins shared by a pack's two sets travel
+    once), else one tree from the cache or the index."""
     version = python_version(python)
-    key = hashlib.sha256("\n".join([version, *sorted(pins), *sorted(prune)]).encode()).hexdigest()[:16]
-    entry = cache / "wheels" / key
+    name = key(pins, prune, version)
+    if archives and name in archives:
+        progress(f"{', '.join(pins)}: unpacking the bundle's wheel set")
+        return [offline_boot.unpack(bundle, archive) for bundle, archive in archives[name]]
+    entry = cache / "wheels" / name
     if (entry / "done").is_file():
         progress(f"{', '.join(pins)}: unpacked wheels from cache")
-        return entry / "site"
-    staging = entry.with_name(key + ".partial")
+        return [entry / "site"]
+    staging = entry.with_name(name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         wheels.download_wheels(list(pins), staging / "wheels", version, wheels.DEFAULT_PLATFORMS, progress)
@@ -45,4 +56,4 @@ def site(pins: tuple[str, ...], prune: tuple[str, ...], cache: Path, python: str
     (staging / "done").write_text("\n".join(pins) + "\n")
     shutil.rmtree(entry, ignore_errors=True)
     staging.rename(entry)
-    return entry / "site"
+    return [entry / "site"]

@@ -68,6 +68,7 @@ def test_check_only_and_upstream_refs(collection, upstream, opts, sites):
     assert checked.verdict == "CHECKED" and "no patch" in checked.reason and sites == []
     at_main = run(collection, opts, folder, upstream_ref="main")
     assert at_main.verdict == "SKIPPED" and "source build" in at_main.reason
+    assert at_main.as_expected, "by design: a --strict nightly at main must not fail on it"
 
 
 def test_at_the_fixed_release_it_is_fixed_upstream(collection, upstream, opts, sites):

@@ -117,11 +117,9 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
     try:
         pins = sorted({w for p in packs for w in p.wheels})
         prune = tuple(sorted({g for p in packs for g in p.bundle_prune}))
-        download_wheels(pins, work / "packs-wheels", python, platforms, progress)
-        removed = unpack_wheels(work / "packs-wheels", work / "packs-site", prune) if pins else []
+        removed = _unpacked(pins, work, "packs-site", prune, python, platforms, progress)  # [] without pins
         runner_pins = runner_requirements()
-        download_wheels(runner_pins, work / "runner-wheels", python, platforms, progress)
-        unpack_wheels(work / "runner-wheels", work / "runner-site", ())
+        _unpacked(runner_pins, work, "runner-site", (), python, platforms, progress)
         progress("packing the wheel trees (xz -9)")
         if pins:
             pack_tree(work / "packs-site", dest / PACKS_SITE)
@@ -150,6 +148,13 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
     return manifest
 
 
+def _unpacked(pins: list[str], work: Path, name: str, prune: tuple[str, ...], python: str, platforms: tuple[str, ...],
+              progress: Progress) -> list[str]:
+    """Download `pins` and unpack them into work/name (pruned); the pruned paths."""
+    download_wheels(pins, work / f"{name}-wheels", python, platforms, progress)
+    return unpack_wheels(work / f"{name}-wheels", work / name, prune)
+
+
 def _compiler_sites(packs: list[Pack], dest: Path, work: Path, python: str, platforms: tuple[str, ...],
                     progress: Progress) -> dict[str, list[str]]:
     """Each compiler pack's base and fixed wheel sets, keyed by wheelsite.key of the whole set, as a list of
@@ -167,8 +172,7 @@ def _compiler_sites(packs: list[Pack], dest: Path, work: Path, python: str, plat
             names = [wheelsite.key(part, pack.bundle_prune, python) for part in parts]
             for part, name in zip(parts, names, strict=True):
                 if name not in packed:
-                    download_wheels(list(part), work / f"{name}-wheels", python, platforms, progress)
-                    unpack_wheels(work / f"{name}-wheels", work / name, pack.bundle_prune)
+                    _unpacked(list(part), work, name, pack.bundle_prune, python, platforms, progress)
                     pack_tree(work / name, dest / f"compiler-{name}.tar.xz")
                     packed.add(name)
             sites[wheelsite.key(pins, pack.bundle_prune, python)] = [f"compiler-{n}.tar.xz" for n in names]

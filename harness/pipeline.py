@@ -35,6 +35,7 @@ class RunOptions:
     extra_pythonpath: list[Path] = field(default_factory=list)  # an offline bundle's wheel tree
     bundle: dict[str, Any] | None = None  # what --offline ran from
     wheel_archives: dict[str, list[tuple[Path, str]]] = field(default_factory=dict)  # --offline: compiler packs
+    companion_roots: tuple[Path, ...] = ()  # set once per run by _prepare_stages (bisect: once per bisect)
 
 
 @dataclass
@@ -193,7 +194,7 @@ def _run(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path, say: 
                   "no_patch": "sources fetched (this pack has no patch)"}[patch.status]
         raise _Stop(verdict, reason)
 
-    artifacts, timeout = _prepare_stages(pack, opts, result, pack_dir, say)
+    artifacts, timeout, opts = _prepare_stages(pack, opts, result, pack_dir, say)
     clean = _stage("clean", clean_tree, pack, opts, pack_dir, artifacts, timeout, source, say)
     result.stages.append(clean)
     patched = None
@@ -215,7 +216,7 @@ def _run_contract(pack: Pack, opts: RunOptions, result: PackResult, source: sour
     tree = sources.work_copy(source, pack_dir / "work" / "contract")
     if opts.check_only:
         raise _Stop(verdicts.CHECKED, "sources fetched (contract pack: no patch; the reproducer did not run)")
-    artifacts, timeout = _prepare_stages(pack, opts, result, pack_dir, say)
+    artifacts, timeout, opts = _prepare_stages(pack, opts, result, pack_dir, say)
     stage = _stage("contract", tree, pack, opts, pack_dir, artifacts, timeout, source, say)
     result.stages.append(stage)
     result.verdict, result.reason = verdicts.classify_contract(stage.outcome())
@@ -235,17 +236,18 @@ def _run_compiler(pack: Pack, opts: RunOptions, result: PackResult, source: sour
     if opts.check_only:
         raise _Stop(verdicts.CHECKED, f"sources fetched (compiler pack: the fix is {fix.package} "
                                       f"{fix.fixed_release}, no patch; the reproducer did not run)")
-    artifacts, timeout = _prepare_stages(pack, opts, result, pack_dir, say)
+    artifacts, timeout, opts = _prepare_stages(pack, opts, result, pack_dir, say)
     prune = pack.bundle_prune
+    version = ".".join(result.environment["python"].split(".")[:2])  # the reproducers' Python, as probed
     # at --upstream <fixed release> the one (clean) stage imports that release: FIXED_UPSTREAM when it is fixed
     base_pins = fix.fixed_wheels if opts.upstream_ref == fix.fixed_release else fix.base_wheels
-    base_sites = wheelsite.site(base_pins, prune, opts.cache_dir, opts.python, say, opts.wheel_archives)
+    base_sites = wheelsite.site(base_pins, prune, opts.cache_dir, version, say, opts.wheel_archives)
     clean = _stage("clean", tree, pack, replace(opts, extra_pythonpath=[*base_sites, *opts.extra_pythonpath]),
                    pack_dir, artifacts, timeout, source, say)
     result.stages.append(clean)
     fixed = None
     if clean.sentinel in ("BUG_REPRODUCED", "INCONCLUSIVE") and opts.upstream_ref is None:
-        fixed_sites = wheelsite.site(fix.fixed_wheels, prune, opts.cache_dir, opts.python, say, opts.wheel_archives)
+        fixed_sites = wheelsite.site(fix.fixed_wheels, prune, opts.cache_dir, version, say, opts.wheel_archives)
         fixed_opts = replace(opts, extra_pythonpath=[*fixed_sites, *opts.extra_pythonpath])
         fixed = _stage("fixed-release", tree, pack, fixed_opts, pack_dir, artifacts, timeout, source, say)
         result.stages.append(fixed)
@@ -260,9 +262,9 @@ def _run_compiler(pack: Pack, opts: RunOptions, result: PackResult, source: sour
 
 
 def _prepare_stages(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path,
-                    say: Progress) -> tuple[Path, int]:
-    """Probe the environment (SKIPPED when the pack's requirements are unmet), empty the artifacts
-    folder; (artifacts, per-stage timeout)."""
+                    say: Progress) -> tuple[Path, int, RunOptions]:
+    """Probe the environment (SKIPPED when the pack's requirements are unmet), fetch the companion
+    sources, empty the artifacts folder; (artifacts, per-stage timeout, opts with the companion roots)."""
     say("probing the environment")
     result.environment, unmet = probe_requirements(pack, opts)
     if unmet:
@@ -270,11 +272,13 @@ def _prepare_stages(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: 
 
     result.environment["compile_caches"] = compile_cache_state()
     if pack.companions:
-        result.companions = [src.record() for src in companions.acquire(pack, opts.cache_dir, say)]
+        acquired = companions.acquire(pack, opts.cache_dir, say)
+        result.companions = [src.record() for src in acquired]
+        opts = replace(opts, companion_roots=companions.import_roots(pack, acquired))
     artifacts = pack_dir / "artifacts"
     sources.remove_tree(artifacts)  # what the clean stage saves must come from this run's clean stage
     artifacts.mkdir(parents=True)
-    return artifacts, opts.timeout_s or pack.timeout_s
+    return artifacts, opts.timeout_s or pack.timeout_s, opts
 
 
 def probe_requirements(pack: Pack, opts: RunOptions) -> tuple[dict[str, Any], list[str]]:
@@ -303,11 +307,10 @@ def _env_with(opts: RunOptions, first: list[Path]) -> dict[str, str]:
 
 def _stage(name: str, tree: Path, pack: Pack, opts: RunOptions, pack_dir: Path, artifacts: Path,
            timeout: int, source: sources.Source, say: Progress) -> StageRecord:
-    extra = tuple(companions.import_roots(pack, opts.cache_dir, say))  # cached after _prepare_stages
     # a compiler pack's checkout is the compiler's C++ source at the base: recorded, never imported
     import_paths = () if pack.is_compiler else pack.import_paths
     entries = importing.path_entries(tree, import_paths, pack.skip_init + companions.skip_init(pack),
-                                     pack_dir / "work" / f"{name}-site", extra)
+                                     pack_dir / "work" / f"{name}-site", opts.companion_roots)
     env = _env_with(opts, entries)
     env.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "REPRO_ARTIFACTS": str(artifacts)})
     cwd = pack_dir / "work" / f"{name}-cwd"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness import bundle, manifest, markdown, pipeline, reports, wheelsite
+from harness import bundle, manifest, markdown, reports, wheelsite
 
 from .conftest import run, sh
 
@@ -28,7 +28,7 @@ def sites(tmp_path, monkeypatch):
     """wheelsite.site without an index: one unpacked tree per release; records what was asked for."""
     asked = []
 
-    def fake_site(pins, prune, cache, python, progress, archives=None):
+    def fake_site(pins, prune, cache, version, progress, archives=None):
         asked.append(pins)
         version = pins[0].split("==")[1]
         tree = tmp_path / "sites" / version / "widgetc"
@@ -117,9 +117,8 @@ def test_a_bundle_carries_both_wheel_sets_once_and_the_node_unpacks_them(collect
     assert all((tmp_path / "b" / a).is_file() for parts in sites.values() for a in parts)
     archives = bundle.wheel_archives(tmp_path / "b", made)
     monkeypatch.setenv("REPRO_OFFLINE_UNPACK", str(tmp_path / "unpack"))
-    monkeypatch.setattr(wheelsite, "python_version", lambda python: "3.12")
     monkeypatch.setattr(wheelsite.wheels, "download_wheels", lambda *a: pytest.fail("offline: no download"))
-    got = wheelsite.site(pack.compiler.fixed_wheels, pack.bundle_prune, cache, "python", lambda m: None, archives)
+    got = wheelsite.site(pack.compiler.fixed_wheels, pack.bundle_prune, cache, "3.12", lambda m: None, archives)
     assert len(got) == 2 and all((g / "marker").is_dir() for g in got)
 
 
@@ -132,8 +131,8 @@ def test_wheel_sites_are_cached_by_pins(tmp_path, monkeypatch):
 
     monkeypatch.setattr(wheelsite.wheels, "download_wheels", download)
     monkeypatch.setattr(wheelsite.wheels, "unpack_wheels", lambda w, tree, prune: tree.mkdir(parents=True) or [])
-    first = wheelsite.site(("a==1",), (), tmp_path, pipeline.sys.executable, lambda m: None)
-    again = wheelsite.site(("a==1",), (), tmp_path, pipeline.sys.executable, lambda m: None)
-    other = wheelsite.site(("a==2",), (), tmp_path, pipeline.sys.executable, lambda m: None)
+    first = wheelsite.site(("a==1",), (), tmp_path, "3.11", lambda m: None)
+    again = wheelsite.site(("a==1",), (), tmp_path, "3.11", lambda m: None)
+    other = wheelsite.site(("a==2",), (), tmp_path, "3.11", lambda m: None)
     assert first == again != other and calls == [["a==1"], ["a==2"]]
     assert first[0].is_dir() and not (first[0].parent / "wheels").exists()

@@ -241,8 +241,8 @@ def _run_compiler(pack: Pack, opts: RunOptions, result: PackResult, source: sour
         fixed_opts = replace(opts, extra_pythonpath=[fixed_site, *opts.extra_pythonpath])
         fixed = _stage("fixed-release", tree, pack, fixed_opts, pack_dir, artifacts, timeout, source, say)
         result.stages.append(fixed)
-    result.verdict, result.reason = verdicts.classify(clean.outcome(), "applied", fixed.outcome() if fixed else None)
-    result.reason = result.reason.replace("the patched stage", f"the {fix.fixed_release} stage")
+    result.verdict, result.reason = verdicts.classify(clean.outcome(), "applied", fixed.outcome() if fixed else None,
+                                                      second=f"the {fix.fixed_release} stage")
     if opts.upstream_ref and result.verdict == verdicts.FIXED_UPSTREAM:
         result.reason = f"the bug's signature is gone with the released {fix.fixed_release} ({base_pins[0]})"
     if result.verdict == verdicts.CONFIRMED:
@@ -296,7 +296,9 @@ def _env_with(opts: RunOptions, first: list[Path]) -> dict[str, str]:
 def _stage(name: str, tree: Path, pack: Pack, opts: RunOptions, pack_dir: Path, artifacts: Path,
            timeout: int, source: sources.Source, say: Progress) -> StageRecord:
     extra = tuple(companions.import_roots(pack, opts.cache_dir, say))  # cached after _prepare_stages
-    entries = importing.path_entries(tree, pack.import_paths, pack.skip_init + companions.skip_init(pack),
+    # a compiler pack's checkout is the compiler's C++ source at the base: recorded, never imported
+    import_paths = () if pack.is_compiler else pack.import_paths
+    entries = importing.path_entries(tree, import_paths, pack.skip_init + companions.skip_init(pack),
                                      pack_dir / "work" / f"{name}-site", extra)
     env = _env_with(opts, entries)
     env.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "REPRO_ARTIFACTS": str(artifacts)})

@@ -29,6 +29,7 @@ RMS_TOL = 0.25  # |rms - 1| allowed at an in_proj input (RMSNorm gives 1 up to i
 # The stream starts as Megatron's embeddings do: N(0, init_method_std^2), init_method_std = 0.02 by default
 # (transformer_config.py), so its RMS is ~0.02, not the ~1 an author block's own pre-norm would hand it.
 EMBED_STD = 0.02
+DTYPE = torch.bfloat16  # the blocks' and the stream's dtype, as the author runs Mamba-3
 
 
 def spec_facts(root: Path) -> dict:
@@ -62,14 +63,15 @@ def stream(mamba3_cls, restored: bool) -> list[float]:
     torch.manual_seed(SEED)
     layers = []
     for _ in range(LAYERS):
-        block = mamba3_cls(D_MODEL, d_state=D_STATE, headdim=HEADDIM, chunk_size=64, device="cuda", dtype=torch.float32)
-        norm = torch.nn.RMSNorm(D_MODEL, eps=1e-5, device="cuda") if restored else torch.nn.Identity()
+        block = mamba3_cls(D_MODEL, d_state=D_STATE, headdim=HEADDIM, chunk_size=64, device="cuda", dtype=DTYPE)
+        norm = torch.nn.RMSNorm(D_MODEL, eps=1e-5, device="cuda", dtype=DTYPE) if restored else torch.nn.Identity()
         layers.append(Layer(block, norm))
     seen = []
     for layer in layers:
-        layer.mixer.in_proj.register_forward_pre_hook(lambda m, args: seen.append(args[0].pow(2).mean().sqrt().item()))
+        layer.mixer.in_proj.register_forward_pre_hook(
+            lambda m, args: seen.append(args[0].float().pow(2).mean().sqrt().item()))
     gen = torch.Generator(device="cuda").manual_seed(SEED)
-    h = torch.randn(B, S, D_MODEL, device="cuda", generator=gen) * EMBED_STD
+    h = (torch.randn(B, S, D_MODEL, device="cuda", generator=gen) * EMBED_STD).to(DTYPE)
     with torch.no_grad():
         for layer in layers:
             h = layer(h)
@@ -91,7 +93,8 @@ def main() -> int:
           "shape": {"layers": LAYERS, "d_model": D_MODEL, "d_state": D_STATE, "headdim": HEADDIM, "B": B, "S": S},
           "in_proj_input_rms": {"identity_slot": identity, "rmsnorm_restored": restored},
           "growth_identity_last_over_first": identity[-1] / identity[0],
-          "thresholds": {"rms_tol": RMS_TOL}, "embedding_std": EMBED_STD, "versions": {"torch": torch.__version__}}
+          "thresholds": {"rms_tol": RMS_TOL}, "embedding_std": EMBED_STD, "dtype": str(DTYPE),
+          "versions": {"torch": torch.__version__}}
     slot_empty = facts["norm_default_is_identity"] and any(s["norm"] is None for s in facts["mamba_layer_specs"])
     if not band(restored):
         ev["reason"] = "the restored RMSNorm does not bring the inputs into the band: no conclusion"

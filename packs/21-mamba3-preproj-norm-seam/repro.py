@@ -17,6 +17,7 @@ Contract: every block sees an RMS-normalized input, in_proj input RMS within RMS
 """
 
 import ast
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -82,10 +83,10 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("pack 21: no CUDA GPU visible; this reproducer needs one", file=sys.stderr)
         return 2
-    import megatron.core  # noqa: F401 - only to find the checkout's root; nothing of it runs here
     from mamba_ssm.modules.mamba3 import Mamba3
 
-    root = Path(megatron.core.__path__[0]).parents[1]
+    # only to find the checkout's root; nothing of Megatron is imported or run here
+    root = Path(importlib.util.find_spec("megatron").submodule_search_locations[0]).parent
     facts = spec_facts(root)
     identity, restored = stream(Mamba3, restored=False), stream(Mamba3, restored=True)
     band = lambda xs: all(abs(x - 1) <= RMS_TOL for x in xs)  # noqa: E731

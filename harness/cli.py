@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "where its reproducer stops (or starts) printing BUG_REPRODUCED")
     what.add_argument("--bisect-from", metavar="REF",
                       help="with --bisect: start from this upstream ref instead of the pinned base")
+    what.add_argument("--bisect-jobs", type=int, default=1, metavar="J",
+                      help="with --bisect: test J commits side by side per round (a (J+1)-ary search); for "
+                      "reproducers that spend their time compiling, not for timed verdicts")
     where = p.add_argument_group("which upstream code")
     where.add_argument("--upstream", metavar="REF", help="run against this git ref instead of the pinned base")
     where.add_argument("--source", type=Path, metavar="DIR",
@@ -106,6 +109,9 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
             except ContainerError as exc:
                 err.print(f"[red]error:[/] {escape(str(exc))}")
                 return EXIT_USAGE
+        if not args.bisect and (args.bisect_from or args.bisect_jobs != 1):
+            err.print("[red]error:[/] --bisect-from and --bisect-jobs only go with --bisect NN")
+            return EXIT_USAGE
         if args.lint:
             return _lint(layout, console)
         if args.list:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -68,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "builds the image when its context changed (needs the docker extra and a Docker engine)")
     how.add_argument("--run-dir", type=Path, default=None, help="where logs go (default: runs/<timestamp>)")
     how.add_argument("--strict", action="store_true", help="count SKIPPED as unexpected in the exit code")
+    how.add_argument("--jobs", type=int, default=1, metavar="J",
+                     help="run J packs side by side (they share the machine and its GPU; packs whose verdict "
+                     "depends on timings, [run] exclusive, run alone afterwards); results say so")
     how.add_argument("--repeat", type=int, default=1, metavar="N",
                      help="run each pack N times; disagreeing runs make it FLAKY")
     how.add_argument("--repeat-rtol", type=float, default=0.05, metavar="R",
@@ -143,6 +147,9 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
     if args.source and len(packs) != 1:
         err.print("[red]error:[/] --source DIR names one checkout; use it with exactly one --pack")
         return EXIT_USAGE
+    if args.jobs < 1 or (args.jobs > 1 and args.bundle):
+        err.print("[red]error:[/] --jobs takes 1 or more packs at a time and runs them here (not with --bundle)")
+        return EXIT_USAGE
     cache_dir = (args.cache_dir or default_cache_dir()).resolve()
     start = time.monotonic()
     progress = lambda msg: err.print(f"[dim]{time.monotonic() - start:6.1f}s[/] {msg}")  # noqa: E731
@@ -167,7 +174,7 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
         timeout_s=args.timeout, source_dir=args.source, source_kind=args.source_kind, python=args.interpreter,
         extra_pythonpath=extra_path, bundle=bundle_info, wheel_archives=archives,
     )
-    results = [_run_one(pack, opts, args, progress) for pack in packs]
+    results = _run_all(packs, opts, args, progress)
 
     reports.print_table(results, console)
     if args.json:
@@ -176,6 +183,8 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
         reports.write_junit(results, args.junit)
     if args.markdown:
         title = f"upstream-repro: {args.upstream or 'pinned bases'}" + (" (--check)" if args.check else "")
+        if args.jobs > 1:
+            title += f" ({args.jobs} packs side by side: timings were taken on a shared machine)"
         args.markdown.write_text(markdown.results_table(list(zip(packs, results, strict=True)), title))
     if args.receipt:
         for pack, result in zip(packs, results, strict=True):
@@ -198,6 +207,23 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
     if skipped and not args.strict:
         err.print(f"[yellow]{len(skipped)} pack(s) SKIPPED[/] (see the reasons above; --strict makes that fail)")
     return EXIT_UNEXPECTED if bad else EXIT_OK
+
+
+def _run_all(packs, opts: RunOptions, args, progress) -> list:
+    """Every pack, in order; with --jobs J, the packs that may share the machine J at a time (threads: each
+    runs its stages as subprocesses), then the exclusive ones alone. Results keep the packs' order."""
+    if args.jobs <= 1:
+        return [_run_one(pack, opts, args, progress) for pack in packs]
+    shared = [p for p in packs if not p.exclusive]
+    alone = [p for p in packs if p.exclusive]
+    together = replace(opts, jobs=min(args.jobs, len(shared)) or 1)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        done = dict(zip([p.name for p in shared], pool.map(lambda p: _run_one(p, together, args, progress), shared),
+                        strict=True))
+    for pack in alone:
+        progress(f"[{pack.id}] runs alone ([run] exclusive): its verdict depends on timings")
+        done[pack.name] = _run_one(pack, opts, args, progress)
+    return [done[p.name] for p in packs]
 
 
 def _run_one(pack, opts: RunOptions, args, progress):

@@ -116,12 +116,14 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
     for pack in packs:
         got = [sources.acquire_base(pack, cache, "auto", progress)]
         for ref in refs:
+            if pack.is_compiler and ref != pack.compiler.fixed_release:
+                progress(f"{pack.name}: not carrying {ref}: a compiler pack runs released wheels, and is SKIPPED there")
+                continue
             try:
                 commit, how = sources.resolve_ref(pack.repo, ref, cache, progress)
-            except sources.SourceError as exc:
+                got.append(sources.acquire_git(pack.repo, ref, commit, how, pack.source_paths, cache, progress))
+            except sources.SourceError as exc:  # the run at that ref will say why, as it would online
                 progress(f"{pack.name}: not carrying {ref}: {exc}")
-                continue
-            got.append(sources.acquire_git(pack.repo, ref, commit, how, pack.source_paths, cache, progress))
         entries[pack.name] = []
         carried = [(s, False, None) for s in got]
         carried += list(zip(companions.acquire(pack, cache, progress), [True] * len(pack.companions),

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import bundle, compare, export, manifest, markdown, receipts, repeat, reports, sources, verdicts, wheels
+from . import bundle, compare, export, manifest, markdown, merge, receipts, repeat, reports, sources, verdicts, wheels
 from . import lint as lint_mod
 from .bisection import cli_run as bisect_run
 from .container import ContainerError
@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--report", metavar="NN", help="print the upstream issue/PR body for this pack")
     what.add_argument("--export", nargs=2, metavar=("NN", "DIR"),
                       help="write a self-contained folder for this pack to attach upstream")
+    what.add_argument("--merge", nargs="+", type=Path, metavar="RUN.json",
+                      help="one report (--json/--junit/--markdown) from several runs' --json reports, each "
+                      "pack from the one run that ran it (a nightly run in parts)")
     what.add_argument("--bisect", metavar="NN",
                       help="find the upstream commit between the pack's base and main (or --upstream REF) "
                       "where its reproducer stops (or starts) printing BUG_REPRODUCED")
@@ -124,6 +127,8 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
             (layout.root / "STATUS.md").write_text(markdown.status(layout))
             console.print("STATUS.md written")
             return EXIT_OK
+        if args.merge:
+            return _merge(args, layout, console, err)
         if args.report:
             pack = manifest.load_pack(manifest.select([args.report], layout)[0], layout)
             print(markdown.issue_body(pack, receipts.latest_for(pack, layout), layout), end="")
@@ -206,6 +211,30 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
     skipped = [r for r in results if r.verdict == verdicts.SKIPPED]
     if skipped and not args.strict:
         err.print(f"[yellow]{len(skipped)} pack(s) SKIPPED[/] (see the reasons above; --strict makes that fail)")
+    return EXIT_UNEXPECTED if bad else EXIT_OK
+
+
+def _merge(args, layout: Layout, console: Console, err: Console) -> int:
+    """--merge RUN.json ...: the parts' results as one report; exit code as if it had been one run."""
+    if not (args.json or args.junit or args.markdown):
+        err.print("[red]error:[/] --merge writes a report: name --json, --junit and/or --markdown")
+        return EXIT_USAGE
+    try:
+        meta, results = merge.merge(args.merge)
+        packs = [manifest.load_pack(manifest.select([r.pack], layout)[0], layout) for r in results]
+    except (merge.MergeError, manifest.ManifestError) as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        return EXIT_USAGE
+    reports.print_table(results, console)
+    if args.json:
+        reports.write_json(results, args.json, meta)
+    if args.junit:
+        reports.write_junit(results, args.junit)
+    if args.markdown:
+        title = f"upstream-repro: {meta['upstream'] or 'pinned bases'} (merged from {len(args.merge)} runs: " + \
+            ", ".join(p["file"] for p in meta["merged_from"]) + ")"
+        args.markdown.write_text(markdown.results_table(list(zip(packs, results, strict=True)), title))
+    bad = [r for r in results if not r.as_expected and (r.verdict != verdicts.SKIPPED or args.strict)]
     return EXIT_UNEXPECTED if bad else EXIT_OK
 
 

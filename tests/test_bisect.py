@@ -228,7 +228,10 @@ def no_wheels(monkeypatch):
 
     monkeypatch.setattr(bundle, "download_wheels", lambda *a, **k: None)
     monkeypatch.setattr(bundle, "runner_requirements", lambda: [])
-    monkeypatch.setattr(bundle, "pack_tree", lambda tree, archive: archive.write_bytes(b""))
+    real = bundle.pack_tree  # the source cache is packed for real; wheel trees (none here) are stubbed
+    monkeypatch.setattr(bundle, "pack_tree",
+                        lambda tree, archive: real(tree, archive) if archive.name == bundle.SOURCES
+                        else archive.write_bytes(b""))
 
 
 def test_bundle_then_bisect_offline(collection, upstream, history, cache, tmp_path, no_wheels, monkeypatch, capsys):

@@ -181,16 +181,11 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
     )
     results = _run_all(packs, opts, args, progress)
 
-    reports.print_table(results, console)
-    if args.json:
-        reports.write_json(results, args.json, {"argv": argv, "upstream": args.upstream, "check": args.check})
-    if args.junit:
-        reports.write_junit(results, args.junit)
-    if args.markdown:
-        title = f"upstream-repro: {args.upstream or 'pinned bases'}" + (" (--check)" if args.check else "")
-        if args.jobs > 1:
-            title += f" ({args.jobs} packs side by side: timings were taken on a shared machine)"
-        args.markdown.write_text(markdown.results_table(list(zip(packs, results, strict=True)), title))
+    title = f"upstream-repro: {args.upstream or 'pinned bases'}" + (" (--check)" if args.check else "")
+    if args.jobs > 1:
+        title += f" ({args.jobs} packs side by side: timings were taken on a shared machine)"
+    _write_outputs(args, packs, results, {"argv": argv, "upstream": args.upstream, "check": args.check}, title,
+                   console)
     if args.receipt:
         for pack, result in zip(packs, results, strict=True):
             try:
@@ -199,6 +194,22 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
                 console.print(f"receipt written: {path.relative_to(layout.root)}")
             except receipts.ReceiptError as exc:
                 err.print(f"[yellow]no receipt:[/] {exc}")
+    return _exit_code(args, results, console, err)
+
+
+def _write_outputs(args, packs, results, meta: dict, title: str, console: Console) -> None:
+    """The table on the console, and --json / --junit / --markdown where asked for."""
+    reports.print_table(results, console)
+    if args.json:
+        reports.write_json(results, args.json, meta)
+    if args.junit:
+        reports.write_junit(results, args.junit)
+    if args.markdown:
+        args.markdown.write_text(markdown.results_table(list(zip(packs, results, strict=True)), title))
+
+
+def _exit_code(args, results, console: Console, err: Console) -> int:
+    """0 when every verdict is the expected one (and, with --compare, no state changed unexpectedly)."""
     bad = [r for r in results if not r.as_expected and (r.verdict != verdicts.SKIPPED or args.strict)]
     if args.compare:
         changed, news = compare.changes(compare.previous_verdicts(args.compare), results)
@@ -225,17 +236,10 @@ def _merge(args, layout: Layout, console: Console, err: Console) -> int:
     except (merge.MergeError, manifest.ManifestError) as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         return EXIT_USAGE
-    reports.print_table(results, console)
-    if args.json:
-        reports.write_json(results, args.json, meta)
-    if args.junit:
-        reports.write_junit(results, args.junit)
-    if args.markdown:
-        title = f"upstream-repro: {meta['upstream'] or 'pinned bases'} (merged from {len(args.merge)} runs: " + \
-            ", ".join(p["file"] for p in meta["merged_from"]) + ")"
-        args.markdown.write_text(markdown.results_table(list(zip(packs, results, strict=True)), title))
-    bad = [r for r in results if not r.as_expected and (r.verdict != verdicts.SKIPPED or args.strict)]
-    return EXIT_UNEXPECTED if bad else EXIT_OK
+    title = (f"upstream-repro: {meta['upstream'] or 'pinned bases'} (merged from {len(args.merge)} runs: "
+             + ", ".join(p["file"] for p in meta["merged_from"]) + ")")
+    _write_outputs(args, packs, results, meta, title, console)
+    return _exit_code(args, results, console, err)
 
 
 def _run_all(packs, opts: RunOptions, args, progress) -> list:

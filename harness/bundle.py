@@ -104,9 +104,10 @@ def _companion_keep(pack: Pack) -> list[frozenset[str] | None]:
     return [None if "." in c.import_paths else frozenset(c.import_paths) for c in pack.companions]
 
 
-def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...], cache: Path,
-           refs: list[str], progress: Progress) -> dict:
-    dest.mkdir(parents=True, exist_ok=True)
+def _carry_sources(packs: list[Pack], dest: Path, cache: Path, refs: list[str],
+                   progress: Progress) -> tuple[dict[str, list[dict]], dict[str, list[str]]]:
+    """Write dest/SOURCES: every pack's base, its trees at `refs` and its companions, from the pristine
+    cache. Returns (each pack's carried entries, the companion entries cut to their import paths)."""
     for old in (dest / "cache", dest / "sources"):  # an earlier bundle's plain cache, or a cut-off one's staging
         if old.exists():
             sources.remove_tree(old)
@@ -156,6 +157,13 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
     dest_cache.mkdir(exist_ok=True)
     pack_tree(dest_cache, dest / SOURCES)
     sources.remove_tree(dest_cache)
+    return entries, pruned_companions
+
+
+def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...], cache: Path,
+           refs: list[str], progress: Progress) -> dict:
+    dest.mkdir(parents=True, exist_ok=True)
+    entries, pruned_companions = _carry_sources(packs, dest, cache, refs, progress)
 
     work = Path(tempfile.mkdtemp(prefix="bundle-", dir=dest))
     try:

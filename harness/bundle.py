@@ -151,7 +151,7 @@ def _carry_sources(packs: list[Pack], dest: Path, cache: Path, refs: list[str],
         rel = _copy_entry(entry, cache, dest_cache, keep)
         if keep is not None:
             pruned_companions[rel] = sorted(keep)
-    # Python sources compress about 8x (the Megatron trees of eight packs at base and main: 50 MiB, 6 MiB
+    # Python sources compress well (the Megatron trees of eight packs at base and main: 50 MiB, 2.3 MB
     # as xz), and the GPU node's carry is 64 MiB: the source cache travels as one archive.
     progress("packing the source cache (xz -9)")
     dest_cache.mkdir(exist_ok=True)

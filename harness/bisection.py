@@ -26,7 +26,6 @@ verdict is a timing (kind "perf") must not share the machine, and is refused.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -181,10 +180,8 @@ def _search(pack: Pack, chain: list[Commit], tree_for, opts: pipeline.RunOptions
         acquired = companions.acquire(pack, opts.cache_dir, say)
         opts = replace(opts, companion_roots=companions.import_roots(pack, acquired))
 
-    lock = threading.Lock()
-
     def one_tree_at_a_time(commit: Commit) -> sources.Source:
-        with lock:  # trees come out of one git dir (and its fetches); only the reproducer runs side by side
+        with pipeline.CACHE_LOCK:  # trees come out of one git dir into the cache; only reproducers run side by side
             return tree_for(commit)
 
     def test(position: int, old_sentinel: str | None) -> Tested:

@@ -397,8 +397,9 @@ def _online(pack: Pack, args, cache: Path, progress: Progress):
 
 def _offline(pack: Pack, args, opts: pipeline.RunOptions, progress: Progress):
     where = args.offline.resolve()
-    _, extra_path, made = bundle.open_bundle(where, progress)  # checks every file's sha256, history included
+    cache, extra_path, made = bundle.open_bundle(where, progress)  # checks every file's sha256, history included
     opts.extra_pythonpath = extra_path
+    opts.cache_dir = cache  # companions come from the bundle's source cache, as in an --offline run
     opts.bundle = bundle.run_record(where, made)
     index = history.read_bundle_index(where, pack)
     chain = history.bundled_chain(index)

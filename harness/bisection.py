@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.markup import escape as esc
 from rich.table import Table
 
-from . import bundle, environment, history, importing, manifest, offline_boot, pipeline, sources
+from . import bundle, history, importing, manifest, offline_boot, pipeline, sources
 from .gitutil import GitError
 from .history import Commit
 from .layout import Layout, default_cache_dir
@@ -150,9 +150,7 @@ def _search(pack: Pack, chain: list[Commit], tree_for, opts: pipeline.RunOptions
         _stop(result, f"the far end {result.new['ref']} is the old end's own commit: no history to bisect")
         return
     say(f"{len(chain) - 1} first-parent commits from {chain[0].sha[:12]} to {chain[-1].sha[:12]}")
-    info = environment.probe(opts.python, environment.dist_names(pack.python_deps), pipeline._env_with(opts, []))
-    result.environment = info
-    unmet = environment.unmet_requirements(info, pack.gpu, pack.min_capability, pack.gpus, pack.python_deps)
+    result.environment, unmet = pipeline.probe_requirements(pack, opts)
     if unmet:
         _stop(result, "this machine cannot run the reproducer: " + "; ".join(unmet))
         return
@@ -349,7 +347,7 @@ def _offline(pack: Pack, args, opts: pipeline.RunOptions, progress: Progress):
     where = args.offline.resolve()
     _, extra_path, made = bundle.open_bundle(where, progress)  # checks every file's sha256, history included
     opts.extra_pythonpath = extra_path
-    opts.bundle = {"path": str(where), "created_at": made["created_at"], "wheels": made["wheels"]}
+    opts.bundle = bundle.run_record(where, made)
     index = history.read_bundle_index(where, pack)
     chain = history.bundled_chain(index)
     named = {index["old"]["ref"]: index["old"]["commit"], index["new"]["ref"]: index["new"]["commit"]}

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from . import __version__, offline_boot, sources
+from . import __version__, companions, offline_boot, sources
 from .extract import extract_archive
 from .manifest import Pack
 from .receipts import sha256_file
@@ -143,10 +143,11 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
                 continue
             got.append(sources.acquire_git(pack.repo, ref, commit, how, pack.source_paths, cache, progress))
         entries[pack.name] = []
-        for src in got:
+        carried = [(s, False) for s in got] + [(s, True) for s in companions.acquire(pack, cache, progress)]
+        for src, companion in carried:
             rel = _copy_entry(src.tree.parent, cache, dest_cache)
             entries[pack.name].append({"kind": src.kind, "ref": src.ref, "commit": src.commit,
-                                       "sdist": src.sdist, "entry": rel})
+                                       "sdist": src.sdist, "entry": rel, "companion": companion})
         refs_file = cache / "refs" / f"{pack.repo.replace('/', '+')}.json"
         if refs and refs_file.is_file():
             (dest_cache / "refs").mkdir(parents=True, exist_ok=True)
@@ -200,3 +201,9 @@ def open_bundle(bundle: Path, progress: Progress) -> tuple[Path, list[Path], dic
         raise BundleError(f"--offline {bundle}: files missing or changed since bundling: {bad[:5]}")
     site = [offline_boot.unpack(bundle, manifest["packs_site"])] if manifest.get("packs_site") else []
     return bundle / "cache", site, manifest
+
+
+def run_record(bundle: Path, manifest: dict) -> dict:
+    """What an --offline run records about the bundle it ran from (results, receipts, bisect records)."""
+    return {"path": str(bundle), "created_at": manifest["created_at"], "wheels": manifest["wheels"],
+            "pruned": manifest["pruned"]}

@@ -150,8 +150,7 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
         except bundle.BundleError as exc:
             err.print(f"[red]error:[/] {exc}")
             return EXIT_USAGE
-        bundle_info = {"path": str(args.offline.resolve()), "created_at": manifest_["created_at"],
-                       "wheels": manifest_["wheels"], "pruned": manifest_["pruned"]}
+        bundle_info = bundle.run_record(args.offline.resolve(), manifest_)
 
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     opts = RunOptions(

@@ -22,7 +22,6 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from . import gitutil, sources
@@ -128,7 +127,7 @@ class History:
                           "--recurse-submodules=no", "--filter=blob:none", "origin", *missing[i:i + _FETCH_BATCH]],
                          timeout=1800)
             except GitError as exc:
-                raise _source_error(exc, f"fetching blobs of {self.repo}") from exc
+                raise sources.from_git_error(exc, f"fetching blobs of {self.repo}") from exc
 
     def checkout(self, sha: str, dest: Path, progress: Progress) -> None:
         """Write sha's trimmed tree into dest (a new folder)."""
@@ -151,13 +150,13 @@ class History:
             self.checkout(commit.sha, staging / "tree", progress)
         except GitError as exc:
             sources.remove_tree(staging)
-            raise _source_error(exc, f"{self.repo}@{commit.sha[:12]}: writing its tree") from exc
+            raise sources.from_git_error(exc, f"{self.repo}@{commit.sha[:12]}: writing its tree") from exc
         except BaseException:
             sources.remove_tree(staging)
             raise
         meta = {"kind": "git", "repo": self.repo, "ref": ref, "commit": commit.sha, "paths": list(self.paths),
                 "url": f"https://github.com/{self.repo}", "via": f"bisect history {self.git_dir}",
-                "fetched_at": _stamp()}
+                "fetched_at": sources._stamp()}
         sources._finish_entry(staging, final, meta)
         return sources.Source("git", self.repo, ref, commit.sha, final / "tree", "bisect")
 
@@ -182,26 +181,12 @@ class History:
             new = self.git(["commit-tree", tree, *parent, "-m", message], env=env).strip()
             mapping[commit.sha] = new
             parent = ["-p", new]
-        ref = f"refs/compact/{chain[-1].sha}-{_paths_key(self.paths)}"
+        ref = f"refs/compact/{chain[-1].sha}-{sources.paths_key(self.paths).lstrip('-') or 'all'}"
         self.git(["update-ref", ref, parent[-1]])
         bundle_file.parent.mkdir(parents=True, exist_ok=True)
         self.git(["bundle", "create", str(bundle_file), ref], timeout=1800)
         self.git(["update-ref", "-d", ref])
         return mapping
-
-
-def _paths_key(paths: tuple[str, ...]) -> str:
-    key = sources.git_entry(Path("/"), "x/y", "", paths).name
-    return key.lstrip("-") or "all"
-
-
-def _stamp() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _source_error(exc: GitError, what: str) -> sources.SourceError:
-    unreachable = any(sign in exc.stderr for sign in sources.UNREACHABLE)
-    return (sources.SourceUnreachable if unreachable else sources.SourceError)(f"{what}: {exc}")
 
 
 # ---------------------------------------------------------------- online
@@ -216,7 +201,7 @@ def online(repo: str, paths: tuple[str, ...], commits: list[str], cache: Path, p
     try:
         return _online(repo, paths, commits, cache, progress)
     except GitError as exc:
-        raise _source_error(exc, f"the history of {repo}") from exc
+        raise sources.from_git_error(exc, f"the history of {repo}") from exc
 
 
 def _online(repo: str, paths: tuple[str, ...], commits: list[str], cache: Path, progress: Progress) -> History:
@@ -241,14 +226,14 @@ def _online(repo: str, paths: tuple[str, ...], commits: list[str], cache: Path, 
             history.git(["fetch", "-q", "--no-tags", "--filter=blob:none", "origin",
                          *(f"+{c}:refs/tips/{c}" for c in missing)], timeout=1800)
         except GitError as exc:
-            if any(sign in exc.stderr for sign in sources.UNREACHABLE):
-                raise _source_error(exc, f"fetching the history of {repo}") from exc
+            if sources.is_unreachable(exc):
+                raise sources.from_git_error(exc, f"fetching the history of {repo}") from exc
             progress(f"{url} refused fetching single commits ({exc.stderr[:120]}); fetching its branches and tags")
             try:
                 history.git(["fetch", "-q", "--tags", "--filter=blob:none", "origin",
                              "+refs/heads/*:refs/remotes/origin/*"], timeout=3600)
             except GitError as exc2:
-                raise _source_error(exc2, f"fetching the history of {repo}") from exc2
+                raise sources.from_git_error(exc2, f"fetching the history of {repo}") from exc2
         known = set(history.git(["rev-list", "--all"], timeout=600).split())
         still = [c for c in missing if c not in known]
         if still:
@@ -267,7 +252,7 @@ def bundle_history(pack: Pack, dest: Path, far_ref: str, cache: Path, progress: 
     try:
         return _write_bundle_history(pack, history, dest, far_ref, far, how, progress)
     except GitError as exc:
-        raise _source_error(exc, f"{pack.name}: the bundled history") from exc
+        raise sources.from_git_error(exc, f"{pack.name}: the bundled history") from exc
 
 
 def _write_bundle_history(pack: Pack, history: History, dest: Path, far_ref: str, far: str, how: str,
@@ -284,7 +269,7 @@ def _write_bundle_history(pack: Pack, history: History, dest: Path, far_ref: str
         "new": {"ref": far_ref, "commit": far, "resolution": how},
         "bundle": bundle_file.name, "bundle_bytes": bundle_file.stat().st_size,
         "commits": [{**c.record(), "compact": mapping[c.sha]} for c in chain],
-        "created_at": _stamp(),
+        "created_at": sources._stamp(),
     }
     (folder / f"{pack.name}.json").write_text(json.dumps(index, indent=2) + "\n")
     return index

@@ -65,9 +65,11 @@ def write_sitecustomize(site_dir: Path, roots: list[Path], skip_init: tuple[str,
     return target
 
 
-def path_entries(tree: Path, import_paths: tuple[str, ...], skip_init: tuple[str, ...], site_dir: Path) -> list[Path]:
+def path_entries(tree: Path, import_paths: tuple[str, ...], skip_init: tuple[str, ...], site_dir: Path,
+                 extra_roots: tuple[Path, ...] = ()) -> list[Path]:
     """PYTHONPATH entries for importing the target from `tree`: the generated sitecustomize's folder
-    (when packages skip their __init__), then the checkout's import paths."""
-    roots = python_path(tree, import_paths)
+    (when packages skip their __init__), then the checkout's import paths, then `extra_roots` (companion
+    sources, whose skip_init names are part of `skip_init`)."""
+    roots = python_path(tree, import_paths) + list(extra_roots)
     site = write_sitecustomize(site_dir, roots, skip_init)
     return ([site.parent] if site else []) + roots

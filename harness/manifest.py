@@ -31,6 +31,17 @@ class ManifestError(Exception):
 
 
 @dataclass(frozen=True)
+class Companion:
+    """Another upstream release the reproducer imports next to the target (never patched): a pinned sdist."""
+    repo: str
+    ref: str
+    sdist: str
+    sha256: str
+    import_paths: tuple[str, ...] = (".",)
+    skip_init: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Pack:
     id: str
     slug: str
@@ -61,6 +72,7 @@ class Pack:
     retired: str | None = None
     headline: tuple[str, ...] = ()
     stack: str | None = None  # docker/<stack>/: the container --docker runs the pack in
+    companions: tuple[Companion, ...] = ()
 
     @property
     def name(self) -> str:
@@ -186,6 +198,9 @@ def load_pack(pack_dir: Path, layout: Layout | None = None) -> Pack:
         retired=data.get("retired"),
         headline=tuple(data.get("report", {}).get("headline", ())),
         stack=req.get("stack"),
+        companions=tuple(Companion(c["repo"], c["ref"], c["sdist"], c["sha256"],
+                                   tuple(c.get("import_paths", (".",))), tuple(c.get("skip_init", ())))
+                         for c in req.get("companions", ())),
     )
 
 

@@ -105,7 +105,8 @@ def issue_body(pack: Pack, receipt: dict[str, Any] | None, layout: Layout) -> st
     """The text to paste upstream: what breaks, how to see it, observed vs expected, the fix, the scope."""
     readme = pack.readme_path.read_text(encoding="utf-8")
     base = f"{pack.base_ref} (`{pack.base_commit[:12]}`)" + (f", release {pack.sdist}" if pack.sdist else "")
-    attached = f"`repro.py` (torch + this library only) and the fix, `{pack.patch_path.name}`, are attached."
+    also = "".join(f" + {c.sdist} (unpatched)" for c in pack.companions)
+    attached = f"`repro.py` (torch + this library{also} only) and the fix, `{pack.patch_path.name}`, are attached."
     out = [f"## {pack.title}", "", f"**Where:** `{pack.repo}` at {base}.", ""]
     if pack.is_contract:  # no patch: the contract, how it breaks silently, and one check
         out += ["### The contract", "", pack.claim["contract"], "", "### How it breaks silently", "",

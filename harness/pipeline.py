@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import environment, execution, importing, patching, sentinels, sources, verdicts
+from . import companions, environment, execution, importing, patching, sentinels, sources, verdicts
 from .layout import Layout
 from .manifest import Pack
 
@@ -67,6 +67,7 @@ class PackResult:
     expected: list[str]
     as_expected: bool
     source: dict[str, Any] | None = None
+    companions: list[dict[str, Any]] | None = None  # other upstream sources imported, unpatched (pack.toml)
     patch: dict[str, Any] | None = None
     stages: list[StageRecord] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
@@ -209,17 +210,23 @@ def _prepare_stages(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: 
     """Probe the environment (SKIPPED when the pack's requirements are unmet), empty the artifacts
     folder; (artifacts, per-stage timeout)."""
     say("probing the environment")
-    info = environment.probe(opts.python, environment.dist_names(pack.python_deps), _env_with(opts, []))
-    result.environment = info
-    unmet = environment.unmet_requirements(info, pack.gpu, pack.min_capability, pack.gpus, pack.python_deps)
+    result.environment, unmet = probe_requirements(pack, opts)
     if unmet:
         raise _Stop(verdicts.SKIPPED, "; ".join(unmet))
 
     result.environment["compile_caches"] = compile_cache_state()
+    if pack.companions:
+        result.companions = [src.record() for src in companions.acquire(pack, opts.cache_dir, say)]
     artifacts = pack_dir / "artifacts"
     sources.remove_tree(artifacts)  # what the clean stage saves must come from this run's clean stage
     artifacts.mkdir(parents=True)
     return artifacts, opts.timeout_s or pack.timeout_s
+
+
+def probe_requirements(pack: Pack, opts: RunOptions) -> tuple[dict[str, Any], list[str]]:
+    """The reproducers' environment (as they will see it) and the pack's requirements it does not meet."""
+    info = environment.probe(opts.python, environment.dist_names(pack.python_deps), _env_with(opts, []))
+    return info, environment.unmet_requirements(info, pack.gpu, pack.min_capability, pack.gpus, pack.python_deps)
 
 
 def compile_cache_state() -> dict[str, str]:
@@ -242,7 +249,9 @@ def _env_with(opts: RunOptions, first: list[Path]) -> dict[str, str]:
 
 def _stage(name: str, tree: Path, pack: Pack, opts: RunOptions, pack_dir: Path, artifacts: Path,
            timeout: int, source: sources.Source, say: Progress) -> StageRecord:
-    entries = importing.path_entries(tree, pack.import_paths, pack.skip_init, pack_dir / "work" / f"{name}-site")
+    extra = tuple(companions.import_roots(pack, opts.cache_dir, say))  # cached after _prepare_stages
+    entries = importing.path_entries(tree, pack.import_paths, pack.skip_init + companions.skip_init(pack),
+                                     pack_dir / "work" / f"{name}-site", extra)
     env = _env_with(opts, entries)
     env.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "REPRO_ARTIFACTS": str(artifacts)})
     cwd = pack_dir / "work" / f"{name}-cwd"

@@ -19,11 +19,15 @@ from dataclasses import dataclass
 from functools import cache
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import TypeVar
 
 from packaging.utils import canonicalize_name, parse_sdist_filename
 from packaging.version import Version
 
 ACCEPT = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
+
+
+T = TypeVar("T")
 
 
 class PackageIndexError(Exception):
@@ -151,6 +155,33 @@ def latest_sdist(name: str) -> tuple[str, ReleaseFile]:
 def _search_sdists(name: str, accept: Callable[[Version], bool], what: str,
                    newest: bool = False) -> tuple[Version, ReleaseFile]:
     """(version, sdist) of the first accepted release the indexes list, or of the newest with `newest`."""
+    def pick(files: list[ReleaseFile]) -> tuple[Version, ReleaseFile] | None:
+        matches = []
+        for f in files:
+            if not f.filename.endswith((".tar.gz", ".zip")) or (newest and f.yanked):
+                continue
+            try:
+                fname, fversion = parse_sdist_filename(f.filename)
+            except ValueError:
+                continue
+            if fname == canonicalize_name(name) and accept(fversion):
+                matches.append((fversion, f))
+        if not matches:
+            return None
+        return max(matches, key=lambda m: m[0]) if newest else matches[0]
+
+    return _search(name, pick, what, f"no sdist for {what}")
+
+
+def find_file(name: str, filename: str) -> ReleaseFile:
+    """This exact file of project `name` as the configured index lists it (with its sha256)."""
+    return _search(name, lambda files: next((f for f in files if f.filename == filename), None),
+                   filename, f"no file {filename}")
+
+
+def _search(name: str, pick: Callable[[list[ReleaseFile]], T | None], what: str, none_found: str) -> T:
+    """pick(files) on each configured index's listing of `name`, in order; the first answer that is not
+    None. IndexUnreachable when no index answered at all, PackageIndexError otherwise."""
     cfg = index_config()
     if not cfg.index_urls:
         raise PackageIndexError("pip is configured with no http(s) index; cannot look up " + what)
@@ -166,19 +197,10 @@ def _search_sdists(name: str, accept: Callable[[Version], bool], what: str,
             problems.append(f"{index_url}: {exc}")
             continue
         answered = True
-        matches = []
-        for f in files:
-            if not f.filename.endswith((".tar.gz", ".zip")) or (newest and f.yanked):
-                continue
-            try:
-                fname, fversion = parse_sdist_filename(f.filename)
-            except ValueError:
-                continue
-            if fname == canonicalize_name(name) and accept(fversion):
-                matches.append((fversion, f))
-        if matches:
-            return max(matches, key=lambda m: m[0]) if newest else matches[0]
-        problems.append(f"{index_url}: no sdist for {what}")
+        found = pick(files)
+        if found is not None:
+            return found
+        problems.append(f"{index_url}: {none_found}")
     raise (PackageIndexError if answered else IndexUnreachable)("; ".join(problems))
 
 

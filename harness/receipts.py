@@ -96,6 +96,7 @@ def build(result: PackResult, pack: Pack, command: list[str], layout: Layout) ->
         "expected": result.expected,
         "as_expected": result.as_expected,
         "patch": result.patch or {"status": "no_patch"},
+        **({"companions": result.companions} if result.companions else {}),
         "stages": [{k: v for k, v in vars(s).items() if k != "log"} for s in result.stages],
         "durations": result.durations,
         "repeat": result.repeat,

@@ -73,6 +73,16 @@ def _slug(repo: str) -> str:
     return repo.replace("/", "+")
 
 
+def is_unreachable(exc: Exception) -> bool:
+    """A git failure that means the remote cannot be reached from here (no network, no mirror)."""
+    return isinstance(exc, GitError) and any(sign in exc.stderr for sign in UNREACHABLE)
+
+
+def from_git_error(exc: GitError, what: str) -> SourceError:
+    """`what` failed with exc: SourceUnreachable when the remote cannot be reached, else SourceError."""
+    return (SourceUnreachable if is_unreachable(exc) else SourceError)(f"{what}: {exc}")
+
+
 # ---------------------------------------------------------------- ref resolution
 
 
@@ -138,10 +148,14 @@ def _staging(cache: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="fetch-", dir=cache / "tmp"))
 
 
+def paths_key(paths: tuple[str, ...]) -> str:
+    """What a sparse tree's cache key adds for its paths ("" for the whole tree)."""
+    return "-sparse-" + hashlib.sha256("\n".join(sorted(paths)).encode()).hexdigest()[:10] if paths else ""
+
+
 def git_entry(cache: Path, repo: str, commit: str, paths: tuple[str, ...]) -> Path:
     """The cache entry of a git tree; a sparse checkout is keyed by its paths too."""
-    key = "-sparse-" + hashlib.sha256("\n".join(sorted(paths)).encode()).hexdigest()[:10] if paths else ""
-    return cache / "git" / _slug(repo) / (commit + key)
+    return cache / "git" / _slug(repo) / (commit + paths_key(paths))
 
 
 def sdist_entry(cache: Path, sha256: str) -> Path:
@@ -163,7 +177,7 @@ def acquire_git(repo: str, ref: str, commit: str, resolution: str, paths: tuple[
         try:
             _checkout(tree, url, commit, paths, partial=True)
         except GitError as exc:
-            if any(sign in exc.stderr for sign in UNREACHABLE):
+            if is_unreachable(exc):
                 raise
             # A server that refuses single commits or lazy blob requests: take its whole history.
             progress(f"{url} refused a shallow partial fetch ({exc.stderr[:120]}); fetching its whole history")
@@ -178,8 +192,7 @@ def acquire_git(repo: str, ref: str, commit: str, resolution: str, paths: tuple[
                 raise SourceError(f"{repo}@{commit[:12]}: source path '{p}' does not exist at that commit")
     except (GitError, OSError) as exc:
         remove_tree(staging)
-        unreachable = isinstance(exc, GitError) and any(sign in exc.stderr for sign in UNREACHABLE)
-        raise (SourceUnreachable if unreachable else SourceError)(
+        raise (SourceUnreachable if is_unreachable(exc) else SourceError)(
             f"git clone of {url} at {commit[:12]} failed: {exc}") from exc
     except SourceError:
         remove_tree(staging)

@@ -194,25 +194,15 @@ def find_interpreter(python: str, explicit: str | None = None) -> str:
 
 def index_sha256(name: str, version: str, filename: str) -> str:
     """The sha256 the configured http(s) index lists for this exact file."""
-    cfg = pkgindex.index_config()
-    if not cfg.index_urls:
-        raise StackError("pip is configured with no http(s) package index; the lock's hashes must come from one")
-    problems = []
-    for index_url in cfg.index_urls:
-        try:
-            files = pkgindex._project_files(index_url, name)
-        except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
-            problems.append(f"{index_url}: {exc}")
-            continue
-        for f in files:
-            if f.filename == filename:
-                if not f.sha256:
-                    raise StackError(f"{filename}: the index lists it without a sha256")
-                if f.yanked:
-                    raise StackError(f"{name}=={version}: {filename} is yanked on the index; pick another version")
-                return f.sha256
-        problems.append(f"{index_url}: no file {filename}")
-    raise StackError(f"{name}=={version}: " + "; ".join(problems))
+    try:
+        f = pkgindex.find_file(name, filename)
+    except pkgindex.PackageIndexError as exc:
+        raise StackError(f"{name}=={version}: {exc}") from exc
+    if not f.sha256:
+        raise StackError(f"{filename}: the index lists it without a sha256")
+    if f.yanked:
+        raise StackError(f"{name}=={version}: {filename} is yanked on the index; pick another version")
+    return f.sha256
 
 
 def pins_from_report(report: dict, sha256_of: Callable[[str, str, str], str] = index_sha256) -> list[Pin]:

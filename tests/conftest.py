@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import pkgindex
+from harness import manifest, pkgindex
 from harness.layout import Layout
+from harness.pipeline import RunOptions, run_pack
 
 UPSTREAM_URL = "https://github.com/acme/widget"
 
@@ -75,17 +76,25 @@ print("FIX_VALIDATED" if widget.VALUE >= 2 else "BUG_REPRODUCED")
 README = "# Toy pack\n\n## Scope\nA toy.\n"
 
 
+BUG_CLAIM = """\
+bug = "VALUE is 1 where it must be at least 2."
+fix = "Set VALUE to 2 in the package init."
+"""
+
+
 def manifest_text(pack_id: str, slug: str, commit: str, **over: str) -> str:
     fields = {
         "gpu": "false", "timeout": "60", "extra_requires": "", "extra_top": "", "sdist": "",
-        "source": "", "expect": "",
+        "source": "", "expect": "", "kind": "bugfix", "title": "A toy pack for the harness tests",
+        "claim": BUG_CLAIM, "thread": "https://github.com/acme/widget/issues/1", "status": "open upstream",
     }
     fields.update(over)
+    claim = fields["claim"].strip().replace("\n", "\n        ")
     return textwrap.dedent(f"""\
         id = "{pack_id}"
         slug = "{slug}"
-        title = "A toy pack for the harness tests"
-        kind = "bugfix"
+        title = "{fields['title']}"
+        kind = "{fields['kind']}"
         {fields['extra_top']}
         [target]
         repo = "acme/widget"
@@ -104,14 +113,13 @@ def manifest_text(pack_id: str, slug: str, commit: str, **over: str) -> str:
         {fields['extra_requires']}
 
         [claim]
-        bug = "VALUE is 1 where it must be at least 2."
-        fix = "Set VALUE to 2 in the package init."
+        {claim}
         scope = "The value of one constant, read back after import."
         not_claimed = "Anything else."
 
         [upstream]
-        thread = "https://github.com/acme/widget/issues/1"
-        status = "open upstream"
+        thread = "{fields['thread']}"
+        status = "{fields['status']}"
 
         [run]
         timeout_s = {fields['timeout']}
@@ -147,6 +155,20 @@ def collection(tmp_path) -> Collection:
 @pytest.fixture
 def cache(tmp_path) -> Path:
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def opts(collection, cache, tmp_path):
+    """RunOptions for the toy collection; keyword arguments override fields."""
+    def make(**kw) -> RunOptions:
+        return RunOptions(cache_dir=cache, run_dir=tmp_path / "runs", layout=collection.layout, **kw)
+
+    return make
+
+
+def run(collection, opts, folder, **kw):
+    """run_pack on one toy pack folder, silently."""
+    return run_pack(manifest.load_pack(folder, collection.layout), opts(**kw), lambda m: None)
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,6 @@
 manifest, sentinels, pipeline, verdicts, reports, receipts, --check, --report, --export and lint."""
 
 import json
-import textwrap
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 
@@ -10,9 +9,8 @@ import pytest
 
 from harness import cli, compare, lint, manifest, receipts, sentinels, verdicts
 from harness.manifest import ManifestError
-from harness.pipeline import RunOptions, run_pack
 
-from .conftest import PATCH_FIX, README
+from .conftest import PATCH_FIX, README, manifest_text, run
 from .test_reports import result as bug_result
 
 # Holds while widget.VALUE == 1 (the v1.0 base); upstream's later commit (VALUE = 2) breaks it.
@@ -26,48 +24,17 @@ print("CONTRACT_HELD" if widget.VALUE == 1 else "CONTRACT_BROKEN")
 """
 
 
-def contract_manifest(pack_id: str, slug: str, commit: str, kind: str = "parity", claim: str = "",
+CONTRACT_CLAIM = """\
+contract = "VALUE read after import equals 1, the value the integration relies on."
+breaks = "A later release changes VALUE without any error; callers keep running with the new value."
+"""
+
+
+def contract_manifest(pack_id: str, slug: str, commit: str, kind: str = "parity", claim: str = CONTRACT_CLAIM,
                       expect: str = "", requires: str = "") -> str:
-    claim = claim or textwrap.dedent("""\
-        contract = "VALUE read after import equals 1, the value the integration relies on."
-        breaks = "A later release changes VALUE without any error; callers keep running with the new value."
-        """)
-    return textwrap.dedent("""\
-        id = "{pack_id}"
-        slug = "{slug}"
-        title = "A toy contract pack for the harness tests"
-        kind = "{kind}"
-
-        [target]
-        repo = "acme/widget"
-        package = "widget"
-
-        [base]
-        ref = "v1.0"
-        commit = "{commit}"
-
-        [import]
-        paths = ["src"]
-
-        [requires]
-        gpu = false
-        {requires}
-
-        [claim]
-        {claim}
-        scope = "The value of one constant, read back after import."
-        not_claimed = "Anything else."
-
-        [upstream]
-        thread = "https://github.com/acme/widget/issues/2"
-        status = "a seam, not a bug"
-
-        [run]
-        timeout_s = 60
-
-        {expect}
-        """).format(pack_id=pack_id, slug=slug, kind=kind, commit=commit, requires=requires,
-                    claim=claim.replace("\n", "\n        "), expect=expect)
+    return manifest_text(pack_id, slug, commit, kind=kind, claim=claim, expect=expect, extra_requires=requires,
+                         title="A toy contract pack for the harness tests",
+                         thread="https://github.com/acme/widget/issues/2", status="a seam, not a bug")
 
 
 def add_contract(collection, commit, pack_id="03", slug="seam", repro=REPRO_CONTRACT, **kw):
@@ -77,18 +44,6 @@ def add_contract(collection, commit, pack_id="03", slug="seam", repro=REPRO_CONT
     (folder / "repro.py").write_text(repro)
     (folder / "README.md").write_text(README)
     return folder
-
-
-@pytest.fixture
-def opts(collection, cache, tmp_path):
-    def make(**kw) -> RunOptions:
-        return RunOptions(cache_dir=cache, run_dir=tmp_path / "runs", layout=collection.layout, **kw)
-
-    return make
-
-
-def run(collection, opts, folder, **kw):
-    return run_pack(manifest.load_pack(folder, collection.layout), opts(**kw), lambda m: None)
 
 
 # --- manifest ---------------------------------------------------------------------------------

@@ -1,24 +1,8 @@
 import json
 
-import pytest
+from harness import environment
 
-from harness import environment, manifest
-from harness.pipeline import RunOptions, run_pack
-
-from .conftest import REPRO_OK
-
-
-@pytest.fixture
-def opts(collection, cache, tmp_path):
-    def make(**kw) -> RunOptions:
-        return RunOptions(cache_dir=cache, run_dir=tmp_path / "runs", layout=collection.layout, **kw)
-
-    return make
-
-
-def run(collection, opts, folder, **kw):
-    pack = manifest.load_pack(folder, collection.layout)
-    return run_pack(pack, opts(**kw), lambda m: None)
+from .conftest import REPRO_OK, run
 
 
 def test_confirmed_at_the_pinned_base(collection, upstream, opts):

@@ -1,0 +1,69 @@
+"""Companion sources: another upstream's pinned release sdist imported next to the target, unpatched."""
+
+from harness import bundle, manifest
+
+from .conftest import run
+from .test_sources import index  # noqa: F401 - the loopback package index serving widget-1.0.tar.gz
+
+# The companion sdist holds src/widget/__init__.py (VALUE = 1, OTHER = 'a'); with import path "." it is
+# reachable as the namespace package `src`, which the target checkout (import path src/) does not provide.
+REPRO = """\
+import json, os
+import widget
+import src.widget as companion
+ran_init = hasattr(companion, "OTHER")
+print("EVIDENCE " + json.dumps({"value": widget.VALUE, "companion_init_ran": ran_init,
+                                "companion_file": companion.__path__[0]}))
+print("FIX_VALIDATED" if widget.VALUE >= 2 else "BUG_REPRODUCED")
+"""
+
+
+def companion_line(sha: str, skip: str = "") -> str:
+    return (f'companions = [{{ repo = "acme/widget-extras", ref = "v1.0", sdist = "widget==1.0", '
+            f'sha256 = "{sha}", import_paths = ["."]{skip} }}]')
+
+
+def test_both_stages_import_the_companion_tree(collection, upstream, opts, index):  # noqa: F811
+    folder = collection.add_pack("01", "toy", upstream.base, repro=REPRO, extra_requires=companion_line(index))
+    result = run(collection, opts, folder)
+    assert result.verdict == "CONFIRMED", result.reason
+    assert all(s.evidence["companion_init_ran"] for s in result.stages)
+    files = {s.evidence["companion_file"] for s in result.stages}
+    assert len(files) == 1 and f"sdist/{index}/tree" in files.pop(), "both stages read the pristine sdist tree"
+    assert result.companions == [{**result.companions[0], "kind": "sdist", "sdist": "widget==1.0",
+                                  "repo": "acme/widget-extras"}]
+
+
+def test_companion_skip_init(collection, upstream, opts, index):  # noqa: F811
+    line = companion_line(index, skip=', skip_init = ["src.widget"]')
+    folder = collection.add_pack("01", "toy", upstream.base, repro=REPRO, extra_requires=line)
+    result = run(collection, opts, folder)
+    assert result.verdict == "CONFIRMED", result.reason
+    assert not any(s.evidence["companion_init_ran"] for s in result.stages)
+
+
+def test_a_companion_with_the_wrong_sha256_is_an_error(collection, upstream, opts, index):  # noqa: F811
+    folder = collection.add_pack("01", "toy", upstream.base, repro=REPRO, extra_requires=companion_line("0" * 64))
+    result = run(collection, opts, folder)
+    assert result.verdict == "ERROR" and "widget==1.0" in result.reason and not result.stages
+
+
+def test_a_bundle_carries_the_companion(collection, upstream, cache, index, tmp_path, monkeypatch):  # noqa: F811
+    folder = collection.add_pack("01", "toy", upstream.base, repro=REPRO, extra_requires=companion_line(index))
+    pack = manifest.load_pack(folder, collection.layout)
+    monkeypatch.setattr(bundle, "download_wheels", lambda *a, **k: None)
+    monkeypatch.setattr(bundle, "runner_requirements", lambda: [])
+    monkeypatch.setattr(bundle, "pack_tree", lambda tree, archive: archive.write_bytes(b""))
+    made = bundle.create([pack], tmp_path / "b", "3.12", ("manylinux",), cache, [], lambda m: None)
+    carried = made["packs"]["01-toy"]
+    assert [e["companion"] for e in carried] == [False, True]
+    assert (tmp_path / "b" / "cache" / carried[1]["entry"] / "tree" / "src" / "widget" / "__init__.py").is_file()
+
+
+def test_the_issue_body_names_the_companion(collection, upstream, index):  # noqa: F811
+    from harness import markdown
+
+    folder = collection.add_pack("01", "toy", upstream.base, repro=REPRO, extra_requires=companion_line(index))
+    pack = manifest.load_pack(folder, collection.layout)
+    body = markdown.issue_body(pack, None, collection.layout)
+    assert "torch + this library + widget==1.0 (unpatched) only" in body

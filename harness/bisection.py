@@ -298,6 +298,10 @@ def cli_run(args, layout: Layout, console: Console, err: Console) -> int:
     except manifest.ManifestError as exc:
         err.print(f"[red]error:[/] {esc(str(exc))}")
         return EXIT_USAGE
+    if pack.is_compiler:
+        err.print(f"[red]error:[/] --bisect {pack.name}: a compiler pack runs released {pack.compiler.package} "
+                  f"wheels, and the commits in between have none; bisecting it needs a source build per commit")
+        return EXIT_USAGE
     start = time.monotonic()
     progress = lambda msg: err.print(f"[dim]{time.monotonic() - start:6.1f}s[/] {esc(msg)}", highlight=False)  # noqa: E731
     cache = (args.cache_dir or default_cache_dir()).resolve()

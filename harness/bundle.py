@@ -15,7 +15,6 @@ import json
 import lzma
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -26,16 +25,12 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 from . import __version__, companions, offline_boot, sources
-from .extract import extract_archive
 from .manifest import Pack
 from .receipts import sha256_file
+from .wheels import DEFAULT_PLATFORMS, download_wheels, unpack_wheels  # noqa: F401 - DEFAULT_PLATFORMS: cli
 
 Progress = Callable[[str], None]
 PACKS_SITE, RUNNER_SITE = "packs-site.tar.xz", "runner-site.tar.xz"
-# manylinux tags pip should accept for an x86_64 node (glibc 2.17 to 2.39)
-DEFAULT_PLATFORMS = ("manylinux2014_x86_64", *(f"manylinux_2_{n}_x86_64" for n in range(17, 40)), "linux_x86_64")
-
-
 class BundleError(Exception):
     pass
 
@@ -60,41 +55,6 @@ def runner_requirements() -> list[str]:
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 todo.append(req.name)
     return sorted(pins)
-
-
-def download_wheels(specs: list[str], dest: Path, python: str, platforms: tuple[str, ...], progress: Progress) -> None:
-    """pip download, no dependencies: every pin is named in the pack or by runner_requirements()."""
-    if not specs:
-        return
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-           "--python-version", python, "--implementation", "cp", "--dest", str(dest)]
-    for platform in platforms:
-        cmd += ["--platform", platform]
-    progress(f"downloading wheels for Python {python}: {', '.join(specs)}")
-    proc = subprocess.run([*cmd, *specs], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BundleError(f"pip download failed for {specs}: {proc.stderr.strip()[-800:]}")
-
-
-def unpack_wheels(wheels: Path, tree: Path, prune: tuple[str, ...]) -> list[str]:
-    """Unpack every wheel into one tree the way an installer lays it out; drop pruned paths."""
-    tree.mkdir(parents=True, exist_ok=True)
-    for wheel in sorted(wheels.glob("*.whl")):
-        with tempfile.TemporaryDirectory(dir=tree.parent) as tmp:
-            staging = Path(tmp) / "wheel"
-            extract_archive(wheel, staging, strip_top=False)
-            for data in staging.glob("*.data"):
-                for kind in ("purelib", "platlib"):
-                    if (data / kind).is_dir():
-                        shutil.copytree(data / kind, staging, dirs_exist_ok=True)
-                        shutil.rmtree(data / kind)
-            shutil.copytree(staging, tree, dirs_exist_ok=True)
-    removed = []
-    for pattern in prune:
-        for path in sorted(tree.glob(pattern)):
-            removed.append(str(path.relative_to(tree)))
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return removed
 
 
 def pack_tree(tree: Path, archive: Path) -> None:
@@ -130,6 +90,10 @@ def _copy_entry(entry: Path, cache: Path, dest_cache: Path) -> str:
 
 def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...], cache: Path,
            refs: list[str], progress: Progress) -> dict:
+    compilers = [p.name for p in packs if p.is_compiler]
+    if compilers:  # two wheel sets per pack (pack 13: 29 + ~45 MiB xz) do not fit one carry; not built yet
+        raise BundleError(f"compiler packs cannot be bundled yet: {', '.join(compilers)} (run them where the "
+                          f"package index is reachable: their stages download the base and fixed releases)")
     dest.mkdir(parents=True, exist_ok=True)
     dest_cache = dest / "cache"
     entries: dict[str, list[dict]] = {}

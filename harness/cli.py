@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import bundle, compare, export, manifest, markdown, receipts, repeat, reports, sources, verdicts
+from . import bundle, compare, export, manifest, markdown, receipts, repeat, reports, sources, verdicts, wheels
 from . import lint as lint_mod
 from .bisection import cli_run as bisect_run
 from .container import ContainerError
@@ -209,7 +209,7 @@ def _bundle(args, packs, cache_dir: Path, progress, console: Console, err: Conso
         made = bundle.create(packs, args.bundle.resolve(), args.python,
                              tuple(args.platform) if args.platform else bundle.DEFAULT_PLATFORMS,
                              cache_dir, [*([args.upstream] if args.upstream else []), *args.bundle_ref], progress)
-    except (bundle.BundleError, sources.SourceError) as exc:
+    except (bundle.BundleError, wheels.WheelError, sources.SourceError) as exc:
         err.print(f"[red]error:[/] pack bundle: {exc}")
         return EXIT_USAGE
     size = sum((args.bundle / name).stat().st_size for name in made["files"])

@@ -42,6 +42,16 @@ class Companion:
 
 
 @dataclass(frozen=True)
+class CompilerFix:
+    """A compiler pack's two releases: the stages import base_wheels, then fixed_wheels (no patch)."""
+    package: str
+    fixed_release: str
+    fix_commit: str
+    base_wheels: tuple[str, ...]
+    fixed_wheels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Pack:
     id: str
     slug: str
@@ -73,6 +83,7 @@ class Pack:
     headline: tuple[str, ...] = ()
     stack: str | None = None  # docker/<stack>/: the container --docker runs the pack in
     companions: tuple[Companion, ...] = ()
+    compiler: CompilerFix | None = None  # [compiler]: the fix is a compiler release, not a patch
 
     @property
     def name(self) -> str:
@@ -100,8 +111,13 @@ class Pack:
         return self.kind in CONTRACT_KINDS
 
     @property
+    def is_compiler(self) -> bool:
+        """A compiler pack: the clean and fixed stages import different compiler releases; no patch."""
+        return self.compiler is not None
+
+    @property
     def has_patch(self) -> bool:
-        return not self.is_contract
+        return not self.is_contract and not self.is_compiler
 
 
 @cache
@@ -201,7 +217,15 @@ def load_pack(pack_dir: Path, layout: Layout | None = None) -> Pack:
         companions=tuple(Companion(c["repo"], c["ref"], c["sdist"], c["sha256"],
                                    tuple(c.get("import_paths", (".",))), tuple(c.get("skip_init", ())))
                          for c in req.get("companions", ())),
+        compiler=_compiler(data.get("compiler")),
     )
+
+
+def _compiler(table: dict[str, Any] | None) -> CompilerFix | None:
+    if table is None:
+        return None
+    return CompilerFix(table["package"], table["fixed_release"], table["fix_commit"], tuple(table["base_wheels"]),
+                       tuple(table["fixed_wheels"]))
 
 
 def inside(path: str, parent: str) -> bool:

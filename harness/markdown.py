@@ -112,6 +112,16 @@ def issue_body(pack: Pack, receipt: dict[str, Any] | None, layout: Layout) -> st
         out += ["### The contract", "", pack.claim["contract"], "", "### How it breaks silently", "",
                 pack.claim["breaks"], "", "### Reproduce", "", "`repro.py` is attached.", "", "```bash",
                 "python repro.py            # prints EVIDENCE {...}, then CONTRACT_HELD or CONTRACT_BROKEN"]
+    elif pack.is_compiler:  # no patch: the same reproducer on the base release and on the fixed release
+        fix = pack.compiler
+        seen = {s["name"]: s.get("sentinel") for s in (receipt or {}).get("stages", [])}
+        clean, fixed = seen.get("clean") or "BUG_REPRODUCED", seen.get("fixed-release") or "FIX_VALIDATED"
+        out += ["### What breaks", "", pack.claim["bug"], "", "### Reproduce", "",
+                f"`repro.py` (torch + {fix.package} only) is attached.", "", "```bash",
+                f"pip install {' '.join(fix.base_wheels)}",
+                f"python repro.py            # prints EVIDENCE {{...}} and {clean}",
+                f"pip install {' '.join(fix.fixed_wheels)}   # {fix.fixed_release}, contains {fix.fix_commit[:12]}",
+                f"python repro.py            # {fixed}"]
     else:
         # What each run printed in the latest receipt (a precision pack may have measured INCONCLUSIVE),
         # else what the protocol expects at the pinned base.
@@ -132,7 +142,8 @@ def issue_body(pack: Pack, receipt: dict[str, Any] | None, layout: Layout) -> st
         else:
             out += [f"No GPU receipt yet: run {run} on a GPU.", ""]
     else:
-        labels = {"clean": "current code", "patched": "with the patch", "contract": "at this ref"}
+        labels = {"clean": "current code", "patched": "with the patch", "contract": "at this ref",
+                  "fixed-release": f"with {pack.compiler.fixed_release}" if pack.compiler else "fixed release"}
         for stage in receipt["stages"]:
             label = labels.get(stage["name"], stage["name"])
             numbers = headline(stage["evidence"], pack.headline, limit=8)
@@ -148,7 +159,7 @@ def issue_body(pack: Pack, receipt: dict[str, Any] | None, layout: Layout) -> st
                 f"- {receipt['target']['repo']} at {receipt['target']['ref']} "
                 f"(`{receipt['target'].get('commit') or receipt['target'].get('sdist')}`); receipt of "
                 f"{receipt['date'][:10]}: verdict {receipt['verdict']}", ""]
-    if pack.has_patch:
+    if pack.has_patch or pack.is_compiler:
         out += ["### The fix", "", pack.claim["fix"], ""]
     out += ["### Scope", "", pack.claim["scope"], "", f"Not claimed: {pack.claim['not_claimed']}", "",
             "### Links", "", f"- {pack.upstream['thread']}"] + [f"- {u}" for u in pack.upstream.get("related", [])]

@@ -7,12 +7,12 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import companions, environment, execution, importing, patching, sentinels, sources, verdicts
+from . import companions, environment, execution, importing, patching, sentinels, sources, verdicts, wheelsite
 from .layout import Layout
 from .manifest import Pack
 
@@ -143,6 +143,11 @@ def _acquire(pack: Pack, opts: RunOptions, say: Progress) -> sources.Source:
 
 
 def _run(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path, say: Progress) -> None:
+    if pack.is_compiler and opts.upstream_ref not in (None, pack.compiler.fixed_release):
+        raise sources.NotApplicable(
+            f"pack {pack.name} is a compiler pack: its stages import released {pack.compiler.package} wheels; "
+            f"{opts.upstream_ref} has no release the pack names (only {pack.compiler.fixed_release}), and a source "
+            f"build of the compiler is not done here")
     t = time.monotonic()
     source = _acquire(pack, opts, say)
     result.source = source.record()
@@ -154,6 +159,9 @@ def _run(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path, say: 
     work.mkdir(parents=True)
     if pack.is_contract:
         _run_contract(pack, opts, result, source, pack_dir, say)
+        return
+    if pack.is_compiler:
+        _run_compiler(pack, opts, result, source, pack_dir, say)
         return
     say("preparing clean and patched work copies")
     clean_tree = sources.work_copy(source, work / "clean")
@@ -205,6 +213,44 @@ def _run_contract(pack: Pack, opts: RunOptions, result: PackResult, source: sour
     result.verdict, result.reason = verdicts.classify_contract(stage.outcome())
 
 
+def _run_compiler(pack: Pack, opts: RunOptions, result: PackResult, source: sources.Source, pack_dir: Path,
+                  say: Progress) -> None:
+    """A compiler pack: the clean stage imports the base release's wheels, the "fixed-release" stage the
+    first release that contains upstream's fix; the checkout (the compiler's source at the base) is
+    recorded but not imported, and nothing is patched."""
+    fix = pack.compiler
+    say("preparing the work copy (compiler pack: the stages differ by compiler release, not by a patch)")
+    tree = sources.work_copy(source, pack_dir / "work" / "clean")
+    result.patch = {"status": "no_patch", "method": "compiler release", "files": [], "failures": [],
+                    "fixed_release": fix.fixed_release, "fixed_wheels": list(fix.fixed_wheels),
+                    "fix_commit": fix.fix_commit}
+    if opts.check_only:
+        raise _Stop(verdicts.CHECKED, f"sources fetched (compiler pack: the fix is {fix.package} "
+                                      f"{fix.fixed_release}, no patch; the reproducer did not run)")
+    artifacts, timeout = _prepare_stages(pack, opts, result, pack_dir, say)
+    prune = pack.bundle_prune
+    # at --upstream <fixed release> the one (clean) stage imports that release: FIXED_UPSTREAM when it is fixed
+    base_pins = fix.fixed_wheels if opts.upstream_ref == fix.fixed_release else fix.base_wheels
+    base_site = wheelsite.site(base_pins, prune, opts.cache_dir, opts.python, say)
+    clean = _stage("clean", tree, pack, replace(opts, extra_pythonpath=[base_site, *opts.extra_pythonpath]),
+                   pack_dir, artifacts, timeout, source, say)
+    result.stages.append(clean)
+    fixed = None
+    if clean.sentinel in ("BUG_REPRODUCED", "INCONCLUSIVE") and opts.upstream_ref is None:
+        fixed_site = wheelsite.site(fix.fixed_wheels, prune, opts.cache_dir, opts.python, say)
+        fixed_opts = replace(opts, extra_pythonpath=[fixed_site, *opts.extra_pythonpath])
+        fixed = _stage("fixed-release", tree, pack, fixed_opts, pack_dir, artifacts, timeout, source, say)
+        result.stages.append(fixed)
+    result.verdict, result.reason = verdicts.classify(clean.outcome(), "applied", fixed.outcome() if fixed else None,
+                                                      second=f"the {fix.fixed_release} stage")
+    if opts.upstream_ref and result.verdict == verdicts.FIXED_UPSTREAM:
+        result.reason = f"the bug's signature is gone with the released {fix.fixed_release} ({base_pins[0]})"
+    if result.verdict == verdicts.CONFIRMED:
+        result.reason = (f"the bug reproduces with {fix.base_wheels[0]} and is gone with the released "
+                         f"{fix.fixed_release} ({fix.fixed_wheels[0]}, which contains {fix.fix_commit[:12]}); "
+                         f"validated on that release, not by applying a patch")
+
+
 def _prepare_stages(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path,
                     say: Progress) -> tuple[Path, int]:
     """Probe the environment (SKIPPED when the pack's requirements are unmet), empty the artifacts
@@ -250,7 +296,9 @@ def _env_with(opts: RunOptions, first: list[Path]) -> dict[str, str]:
 def _stage(name: str, tree: Path, pack: Pack, opts: RunOptions, pack_dir: Path, artifacts: Path,
            timeout: int, source: sources.Source, say: Progress) -> StageRecord:
     extra = tuple(companions.import_roots(pack, opts.cache_dir, say))  # cached after _prepare_stages
-    entries = importing.path_entries(tree, pack.import_paths, pack.skip_init + companions.skip_init(pack),
+    # a compiler pack's checkout is the compiler's C++ source at the base: recorded, never imported
+    import_paths = () if pack.is_compiler else pack.import_paths
+    entries = importing.path_entries(tree, import_paths, pack.skip_init + companions.skip_init(pack),
                                      pack_dir / "work" / f"{name}-site", extra)
     env = _env_with(opts, entries)
     env.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "REPRO_ARTIFACTS": str(artifacts)})

@@ -31,6 +31,8 @@ def stage_numbers(r: PackResult) -> str:
 def _cell(stages: dict, name: str) -> str:
     if name == "clean" and "contract" in stages:  # a contract pack's one stage shares the first column
         name = "contract"
+    if name == "patched" and "fixed-release" in stages:  # a compiler pack's second stage: the fixed release
+        name = "fixed-release"
     if name not in stages:
         return "-"
     stage = stages[name]

@@ -34,14 +34,16 @@ class StageOutcome:
     error: str | None = None  # crash, bad exit code, malformed protocol
 
 
-def classify(clean: StageOutcome, patch_status: str, patched: StageOutcome | None) -> tuple[str, str]:
-    """(verdict, one-sentence reason)."""
+def classify(clean: StageOutcome, patch_status: str, patched: StageOutcome | None,
+             second: str = "the patched stage") -> tuple[str, str]:
+    """(verdict, one-sentence reason). `second` names the second stage in reasons (a compiler pack's runs
+    the fixed release, not a patch)."""
     if clean.timed_out:
         return TIMEOUT, "the clean stage ran past its timeout"
     if clean.sentinel is None:
         return ERROR, f"the clean stage gave no trusted sentinel: {clean.error}"
     if clean.sentinel == "INCONCLUSIVE":
-        after = f"; the patched stage said {patched.sentinel or patched.error}" if patched else ""
+        after = f"; {second} said {patched.sentinel or patched.error}" if patched else ""
         return INCONCLUSIVE, f"the clean stage measured no conclusive effect (see its EVIDENCE){after}"
     if clean.sentinel == "FIX_VALIDATED":
         return FIXED_UPSTREAM, "the bug's signature is gone on the clean upstream code"
@@ -51,14 +53,14 @@ def classify(clean: StageOutcome, patch_status: str, patched: StageOutcome | Non
     if patch_status == "already_applied":
         return FIX_FAILED, "the patch is already applied upstream, yet the bug reproduces"
     if patched is None:
-        return FIX_FAILED, "the patched stage did not run"
+        return FIX_FAILED, f"{second} did not run"
     if patched.timed_out:
-        return FIX_FAILED, "the bug is live; the patched stage ran past its timeout"
+        return FIX_FAILED, f"the bug is live; {second} ran past its timeout"
     if patched.sentinel == "FIX_VALIDATED":
         return CONFIRMED, "the bug reproduces at this ref and the patch fixes it"
     if patched.sentinel is None:
-        return FIX_FAILED, f"the bug is live; the patched stage gave no trusted sentinel: {patched.error}"
-    return FIX_FAILED, f"the bug is live; the patched stage said {patched.sentinel}"
+        return FIX_FAILED, f"the bug is live; {second} gave no trusted sentinel: {patched.error}"
+    return FIX_FAILED, f"the bug is live; {second} said {patched.sentinel}"
 
 
 # What --check (sources + patch, no reproducer) can show for each run verdict.

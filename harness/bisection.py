@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.markup import escape as esc
 from rich.table import Table
 
-from . import bundle, history, importing, manifest, offline_boot, pipeline, sources
+from . import bundle, companions, history, importing, manifest, offline_boot, pipeline, sources
 from .gitutil import GitError
 from .history import Commit
 from .layout import Layout, default_cache_dir
@@ -154,6 +154,9 @@ def _search(pack: Pack, chain: list[Commit], tree_for, opts: pipeline.RunOptions
     if unmet:
         _stop(result, "this machine cannot run the reproducer: " + "; ".join(unmet))
         return
+    if pack.companions:  # the same unpatched companion trees for every commit
+        acquired = companions.acquire(pack, opts.cache_dir, say)
+        opts = replace(opts, companion_roots=companions.import_roots(pack, acquired))
 
     def test(position: int, old_sentinel: str | None) -> Tested:
         tested = _test(pack, chain[position], position, tree_for, opts, pack_dir, say, old_sentinel)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from . import __version__, companions, offline_boot, sources
+from . import __version__, companions, offline_boot, sources, wheelsite
 from .manifest import Pack
 from .receipts import sha256_file
 from .wheels import DEFAULT_PLATFORMS, download_wheels, unpack_wheels  # noqa: F401 - DEFAULT_PLATFORMS: cli
@@ -90,10 +90,6 @@ def _copy_entry(entry: Path, cache: Path, dest_cache: Path) -> str:
 
 def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...], cache: Path,
            refs: list[str], progress: Progress) -> dict:
-    compilers = [p.name for p in packs if p.is_compiler]
-    if compilers:  # two wheel sets per pack (pack 13: 29 + ~45 MiB xz) do not fit one carry; not built yet
-        raise BundleError(f"compiler packs cannot be bundled yet: {', '.join(compilers)} (run them where the "
-                          f"package index is reachable: their stages download the base and fixed releases)")
     dest.mkdir(parents=True, exist_ok=True)
     dest_cache = dest / "cache"
     entries: dict[str, list[dict]] = {}
@@ -121,15 +117,14 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
     try:
         pins = sorted({w for p in packs for w in p.wheels})
         prune = tuple(sorted({g for p in packs for g in p.bundle_prune}))
-        download_wheels(pins, work / "packs-wheels", python, platforms, progress)
-        removed = unpack_wheels(work / "packs-wheels", work / "packs-site", prune) if pins else []
+        removed = _unpacked(pins, work, "packs-site", prune, python, platforms, progress)  # [] without pins
         runner_pins = runner_requirements()
-        download_wheels(runner_pins, work / "runner-wheels", python, platforms, progress)
-        unpack_wheels(work / "runner-wheels", work / "runner-site", ())
+        _unpacked(runner_pins, work, "runner-site", (), python, platforms, progress)
         progress("packing the wheel trees (xz -9)")
         if pins:
             pack_tree(work / "packs-site", dest / PACKS_SITE)
         pack_tree(work / "runner-site", dest / RUNNER_SITE)
+        compiler_sites = _compiler_sites(packs, dest, work, python, platforms, progress)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -146,10 +141,47 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
         "runner_wheels": runner_pins,
         "packs_site": PACKS_SITE if pins else None,
         "runner_site": RUNNER_SITE,
+        "compiler_sites": compiler_sites,
         "files": files,
     }
     (dest / offline_boot.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _unpacked(pins: list[str], work: Path, name: str, prune: tuple[str, ...], python: str, platforms: tuple[str, ...],
+              progress: Progress) -> list[str]:
+    """Download `pins` and unpack them into work/name (pruned); the pruned paths."""
+    download_wheels(pins, work / f"{name}-wheels", python, platforms, progress)
+    return unpack_wheels(work / f"{name}-wheels", work / name, prune)
+
+
+def _compiler_sites(packs: list[Pack], dest: Path, work: Path, python: str, platforms: tuple[str, ...],
+                    progress: Progress) -> dict[str, list[str]]:
+    """Each compiler pack's base and fixed wheel sets, keyed by wheelsite.key of the whole set, as a list of
+    archives: the pins only that set has, then the pins both sets share (packed once: pack 13's z3-solver
+    alone is 45 MB unpacked, and both sets must fit one 64 MiB carry)."""
+    sites: dict[str, list[str]] = {}
+    packed: set[str] = set()
+    for pack in packs:
+        if not pack.is_compiler:
+            continue
+        base, fixed = pack.compiler.base_wheels, pack.compiler.fixed_wheels
+        shared = tuple(p for p in base if p in fixed)
+        for pins in (base, fixed):
+            parts = [part for part in (tuple(p for p in pins if p not in shared), shared) if part]
+            names = [wheelsite.key(part, pack.bundle_prune, python) for part in parts]
+            for part, name in zip(parts, names, strict=True):
+                if name not in packed:
+                    _unpacked(list(part), work, name, pack.bundle_prune, python, platforms, progress)
+                    pack_tree(work / name, dest / f"compiler-{name}.tar.xz")
+                    packed.add(name)
+            sites[wheelsite.key(pins, pack.bundle_prune, python)] = [f"compiler-{n}.tar.xz" for n in names]
+    return sites
+
+
+def wheel_archives(bundle: Path, manifest: dict) -> dict[str, list[tuple[Path, str]]]:
+    """What a compiler pack's stages unpack on the node instead of downloading (see wheelsite.site)."""
+    return {name: [(bundle, a) for a in archives] for name, archives in (manifest.get("compiler_sites") or {}).items()}
 
 
 def open_bundle(bundle: Path, progress: Progress) -> tuple[Path, list[Path], dict]:

@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
         return _bundle(args, packs, cache_dir, progress, console, err)
     extra_path: list[Path] = []
     bundle_info = None
+    archives: dict[str, list[tuple[Path, str]]] = {}
     if args.offline:
         try:
             cache_dir, extra_path, manifest_ = bundle.open_bundle(args.offline.resolve(), progress)
@@ -151,13 +152,14 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
             err.print(f"[red]error:[/] {exc}")
             return EXIT_USAGE
         bundle_info = bundle.run_record(args.offline.resolve(), manifest_)
+        archives = bundle.wheel_archives(args.offline.resolve(), manifest_)
 
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     opts = RunOptions(
         cache_dir=cache_dir, run_dir=(args.run_dir or layout.runs / stamp).resolve(),
         layout=layout, upstream_ref=args.upstream, check_only=args.check, keep=args.keep,
         timeout_s=args.timeout, source_dir=args.source, source_kind=args.source_kind, python=args.interpreter,
-        extra_pythonpath=extra_path, bundle=bundle_info,
+        extra_pythonpath=extra_path, bundle=bundle_info, wheel_archives=archives,
     )
     results = [_run_one(pack, opts, args, progress) for pack in packs]
 

@@ -18,12 +18,12 @@ def acquire(pack: Pack, cache: Path, progress: Progress) -> list[sources.Source]
     return [sources.acquire_sdist(c.repo, c.ref, c.sdist, c.sha256, cache, progress) for c in pack.companions]
 
 
-def import_roots(pack: Pack, cache: Path, progress: Progress) -> list[Path]:
-    """PYTHONPATH roots of every companion (its import paths inside its pristine tree)."""
+def import_roots(pack: Pack, acquired: list[sources.Source]) -> tuple[Path, ...]:
+    """PYTHONPATH roots of every companion (its import paths inside its pristine tree, as acquired)."""
     roots: list[Path] = []
-    for companion, source in zip(pack.companions, acquire(pack, cache, progress), strict=True):
+    for companion, source in zip(pack.companions, acquired, strict=True):
         roots += importing.python_path(source.tree, companion.import_paths)
-    return roots
+    return tuple(roots)
 
 
 def skip_init(pack: Pack) -> tuple[str, ...]:

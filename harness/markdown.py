@@ -108,13 +108,15 @@ def issue_body(pack: Pack, receipt: dict[str, Any] | None, layout: Layout) -> st
     also = "".join(f" + {c.sdist} (unpatched)" for c in pack.companions)
     attached = f"`repro.py` (torch + this library{also} only) and the fix, `{pack.patch_path.name}`, are attached."
     out = [f"## {pack.title}", "", f"**Where:** `{pack.repo}` at {base}.", ""]
+    # What each run printed in the latest receipt (a precision pack may have measured INCONCLUSIVE),
+    # else what the protocol expects at the pinned base.
+    seen = {s["name"]: s.get("sentinel") for s in (receipt or {}).get("stages", [])}
     if pack.is_contract:  # no patch: the contract, how it breaks silently, and one check
         out += ["### The contract", "", pack.claim["contract"], "", "### How it breaks silently", "",
                 pack.claim["breaks"], "", "### Reproduce", "", "`repro.py` is attached.", "", "```bash",
                 "python repro.py            # prints EVIDENCE {...}, then CONTRACT_HELD or CONTRACT_BROKEN"]
     elif pack.is_compiler:  # no patch: the same reproducer on the base release and on the fixed release
         fix = pack.compiler
-        seen = {s["name"]: s.get("sentinel") for s in (receipt or {}).get("stages", [])}
         clean, fixed = seen.get("clean") or "BUG_REPRODUCED", seen.get("fixed-release") or "FIX_VALIDATED"
         out += ["### What breaks", "", pack.claim["bug"], "", "### Reproduce", "",
                 f"`repro.py` (torch + {fix.package} only) is attached.", "", "```bash",
@@ -123,9 +125,6 @@ def issue_body(pack: Pack, receipt: dict[str, Any] | None, layout: Layout) -> st
                 f"pip install {' '.join(fix.fixed_wheels)}   # {fix.fixed_release}, contains {fix.fix_commit[:12]}",
                 f"python repro.py            # {fixed}"]
     else:
-        # What each run printed in the latest receipt (a precision pack may have measured INCONCLUSIVE),
-        # else what the protocol expects at the pinned base.
-        seen = {s["name"]: s.get("sentinel") for s in (receipt or {}).get("stages", [])}
         clean, patched = seen.get("clean") or "BUG_REPRODUCED", seen.get("patched") or "FIX_VALIDATED"
         out += ["### What breaks", "", pack.claim["bug"], "", "### Reproduce", "", attached, "", "```bash",
                 f"python repro.py            # on the current code: prints EVIDENCE {{...}} and {clean}",

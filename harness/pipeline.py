@@ -34,6 +34,8 @@ class RunOptions:
     python: str = sys.executable
     extra_pythonpath: list[Path] = field(default_factory=list)  # an offline bundle's wheel tree
     bundle: dict[str, Any] | None = None  # what --offline ran from
+    wheel_archives: dict[str, list[tuple[Path, str]]] = field(default_factory=dict)  # --offline: compiler packs
+    companion_roots: tuple[Path, ...] = ()  # set once per run by _prepare_stages (bisect: once per bisect)
 
 
 @dataclass
@@ -105,6 +107,8 @@ def run_pack(pack: Pack, opts: RunOptions, progress: Progress) -> PackResult:
     )
     if pack.is_contract:  # the pinned base is a ref like any other: [expect] may name it
         result.expected = list(verdicts.expected_contract(pack.expect, result.ref, opts.check_only))
+    elif pack.is_compiler and _no_release_at(pack, opts.upstream_ref):
+        result.expected = [verdicts.SKIPPED]  # by design (see _run), so a --strict nightly stays green
     else:
         result.expected = list(verdicts.expected(pack.expect, opts.upstream_ref, opts.check_only, pack.base_ref))
     say = lambda msg: progress(f"[{pack.id}] {msg}")  # noqa: E731
@@ -142,8 +146,13 @@ def _acquire(pack: Pack, opts: RunOptions, say: Progress) -> sources.Source:
     return sources.acquire_base(pack, opts.cache_dir, opts.source_kind, say)
 
 
+def _no_release_at(pack: Pack, upstream_ref: str | None) -> bool:
+    """A compiler pack at a ref without a release it names (anything but its base and fixed release)."""
+    return upstream_ref not in (None, pack.compiler.fixed_release)
+
+
 def _run(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path, say: Progress) -> None:
-    if pack.is_compiler and opts.upstream_ref not in (None, pack.compiler.fixed_release):
+    if pack.is_compiler and _no_release_at(pack, opts.upstream_ref):
         raise sources.NotApplicable(
             f"pack {pack.name} is a compiler pack: its stages import released {pack.compiler.package} wheels; "
             f"{opts.upstream_ref} has no release the pack names (only {pack.compiler.fixed_release}), and a source "
@@ -185,7 +194,7 @@ def _run(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path, say: 
                   "no_patch": "sources fetched (this pack has no patch)"}[patch.status]
         raise _Stop(verdict, reason)
 
-    artifacts, timeout = _prepare_stages(pack, opts, result, pack_dir, say)
+    artifacts, timeout, opts = _prepare_stages(pack, opts, result, pack_dir, say)
     clean = _stage("clean", clean_tree, pack, opts, pack_dir, artifacts, timeout, source, say)
     result.stages.append(clean)
     patched = None
@@ -207,7 +216,7 @@ def _run_contract(pack: Pack, opts: RunOptions, result: PackResult, source: sour
     tree = sources.work_copy(source, pack_dir / "work" / "contract")
     if opts.check_only:
         raise _Stop(verdicts.CHECKED, "sources fetched (contract pack: no patch; the reproducer did not run)")
-    artifacts, timeout = _prepare_stages(pack, opts, result, pack_dir, say)
+    artifacts, timeout, opts = _prepare_stages(pack, opts, result, pack_dir, say)
     stage = _stage("contract", tree, pack, opts, pack_dir, artifacts, timeout, source, say)
     result.stages.append(stage)
     result.verdict, result.reason = verdicts.classify_contract(stage.outcome())
@@ -227,18 +236,19 @@ def _run_compiler(pack: Pack, opts: RunOptions, result: PackResult, source: sour
     if opts.check_only:
         raise _Stop(verdicts.CHECKED, f"sources fetched (compiler pack: the fix is {fix.package} "
                                       f"{fix.fixed_release}, no patch; the reproducer did not run)")
-    artifacts, timeout = _prepare_stages(pack, opts, result, pack_dir, say)
+    artifacts, timeout, opts = _prepare_stages(pack, opts, result, pack_dir, say)
     prune = pack.bundle_prune
+    version = ".".join(result.environment["python"].split(".")[:2])  # the reproducers' Python, as probed
     # at --upstream <fixed release> the one (clean) stage imports that release: FIXED_UPSTREAM when it is fixed
     base_pins = fix.fixed_wheels if opts.upstream_ref == fix.fixed_release else fix.base_wheels
-    base_site = wheelsite.site(base_pins, prune, opts.cache_dir, opts.python, say)
-    clean = _stage("clean", tree, pack, replace(opts, extra_pythonpath=[base_site, *opts.extra_pythonpath]),
+    base_sites = wheelsite.site(base_pins, prune, opts.cache_dir, version, say, opts.wheel_archives)
+    clean = _stage("clean", tree, pack, replace(opts, extra_pythonpath=[*base_sites, *opts.extra_pythonpath]),
                    pack_dir, artifacts, timeout, source, say)
     result.stages.append(clean)
     fixed = None
     if clean.sentinel in ("BUG_REPRODUCED", "INCONCLUSIVE") and opts.upstream_ref is None:
-        fixed_site = wheelsite.site(fix.fixed_wheels, prune, opts.cache_dir, opts.python, say)
-        fixed_opts = replace(opts, extra_pythonpath=[fixed_site, *opts.extra_pythonpath])
+        fixed_sites = wheelsite.site(fix.fixed_wheels, prune, opts.cache_dir, version, say, opts.wheel_archives)
+        fixed_opts = replace(opts, extra_pythonpath=[*fixed_sites, *opts.extra_pythonpath])
         fixed = _stage("fixed-release", tree, pack, fixed_opts, pack_dir, artifacts, timeout, source, say)
         result.stages.append(fixed)
     result.verdict, result.reason = verdicts.classify(clean.outcome(), "applied", fixed.outcome() if fixed else None,
@@ -252,9 +262,9 @@ def _run_compiler(pack: Pack, opts: RunOptions, result: PackResult, source: sour
 
 
 def _prepare_stages(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path,
-                    say: Progress) -> tuple[Path, int]:
-    """Probe the environment (SKIPPED when the pack's requirements are unmet), empty the artifacts
-    folder; (artifacts, per-stage timeout)."""
+                    say: Progress) -> tuple[Path, int, RunOptions]:
+    """Probe the environment (SKIPPED when the pack's requirements are unmet), fetch the companion
+    sources, empty the artifacts folder; (artifacts, per-stage timeout, opts with the companion roots)."""
     say("probing the environment")
     result.environment, unmet = probe_requirements(pack, opts)
     if unmet:
@@ -262,11 +272,13 @@ def _prepare_stages(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: 
 
     result.environment["compile_caches"] = compile_cache_state()
     if pack.companions:
-        result.companions = [src.record() for src in companions.acquire(pack, opts.cache_dir, say)]
+        acquired = companions.acquire(pack, opts.cache_dir, say)
+        result.companions = [src.record() for src in acquired]
+        opts = replace(opts, companion_roots=companions.import_roots(pack, acquired))
     artifacts = pack_dir / "artifacts"
     sources.remove_tree(artifacts)  # what the clean stage saves must come from this run's clean stage
     artifacts.mkdir(parents=True)
-    return artifacts, opts.timeout_s or pack.timeout_s
+    return artifacts, opts.timeout_s or pack.timeout_s, opts
 
 
 def probe_requirements(pack: Pack, opts: RunOptions) -> tuple[dict[str, Any], list[str]]:
@@ -295,11 +307,10 @@ def _env_with(opts: RunOptions, first: list[Path]) -> dict[str, str]:
 
 def _stage(name: str, tree: Path, pack: Pack, opts: RunOptions, pack_dir: Path, artifacts: Path,
            timeout: int, source: sources.Source, say: Progress) -> StageRecord:
-    extra = tuple(companions.import_roots(pack, opts.cache_dir, say))  # cached after _prepare_stages
     # a compiler pack's checkout is the compiler's C++ source at the base: recorded, never imported
     import_paths = () if pack.is_compiler else pack.import_paths
     entries = importing.path_entries(tree, import_paths, pack.skip_init + companions.skip_init(pack),
-                                     pack_dir / "work" / f"{name}-site", extra)
+                                     pack_dir / "work" / f"{name}-site", opts.companion_roots)
     env = _env_with(opts, entries)
     env.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "REPRO_ARTIFACTS": str(artifacts)})
     cwd = pack_dir / "work" / f"{name}-cwd"

@@ -63,6 +63,18 @@ def manifest_digest(path: Path) -> str:
     return hashlib.sha256(b"".join(kept)).hexdigest()
 
 
+def harness_digest() -> str:
+    """sha256 over the harness package's files (path and content, sorted): which runner code made a
+    receipt, independent of git. A GPU node may hold the collection's files without its current HEAD
+    (the device machine here syncs files, not .git), so collection_commit alone can name an older commit."""
+    root = resources.files("harness")
+    digest = hashlib.sha256()
+    for path in sorted(Path(str(root)).rglob("*")):
+        if path.is_file() and path.suffix in (".py", ".json"):
+            digest.update(path.relative_to(Path(str(root))).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def current_hashes(pack: Pack) -> dict[str, str | None]:
     return {"pack.toml": manifest_digest(pack.manifest_path), "repro.py": sha256_file(pack.repro_path),
             "patch": sha256_file(pack.patch_path) if pack.has_patch else None}
@@ -104,7 +116,7 @@ def build(result: PackResult, pack: Pack, command: list[str], layout: Layout) ->
         "hashes": current_hashes(pack),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "runner": {"version": __version__, "command": " ".join(command), "collection_commit": head,
-                   "collection_dirty": dirty},
+                   "collection_dirty": dirty, "harness_sha256": harness_digest()},
     }
 
 

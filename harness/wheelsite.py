@@ -11,38 +11,41 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
 from pathlib import Path
 
-from . import wheels
+from . import offline_boot, wheels
 from .sources import Progress, SourceError
 
 
-def python_version(python: str) -> str:
-    """X.Y of the interpreter that will run the reproducers (its wheels must match it)."""
-    out = subprocess.run([python, "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"],
-                         capture_output=True, text=True, check=True)
-    return out.stdout.strip()
+def key(pins: tuple[str, ...], prune: tuple[str, ...], version: str) -> str:
+    """The name of one unpacked wheel set for Python `version` (the cache entry, the bundle archive)."""
+    return hashlib.sha256("\n".join([version, *sorted(pins), *sorted(prune)]).encode()).hexdigest()[:16]
 
 
-def site(pins: tuple[str, ...], prune: tuple[str, ...], cache: Path, python: str, progress: Progress) -> Path:
-    """The unpacked tree of `pins` for `python`, from the cache or the index; put it first on PYTHONPATH."""
-    version = python_version(python)
-    key = hashlib.sha256("\n".join([version, *sorted(pins), *sorted(prune)]).encode()).hexdigest()[:16]
-    entry = cache / "wheels" / key
+def site(pins: tuple[str, ...], prune: tuple[str, ...], cache: Path, version: str, progress: Progress,
+         archives: dict[str, list[tuple[Path, str]]] | None = None) -> list[Path]:
+    """The unpacked trees of `pins` for Python `version` (X.Y: the reproducers' interpreter, as the
+    environment probe saw it), to put first on PYTHONPATH: from an offline bundle
+    (`archives`: key -> its parts as (bundle, archive name); pins shared by a pack's two sets travel
+    once), else one tree from the cache or the index."""
+    name = key(pins, prune, version)
+    if archives and name in archives:
+        progress(f"{', '.join(pins)}: unpacking the bundle's wheel set")
+        return [offline_boot.unpack(bundle, archive) for bundle, archive in archives[name]]
+    entry = cache / "wheels" / name
     if (entry / "done").is_file():
         progress(f"{', '.join(pins)}: unpacked wheels from cache")
-        return entry / "site"
-    staging = entry.with_name(key + ".partial")
+        return [entry / "site"]
+    staging = entry.with_name(name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         wheels.download_wheels(list(pins), staging / "wheels", version, wheels.DEFAULT_PLATFORMS, progress)
         wheels.unpack_wheels(staging / "wheels", staging / "site", prune)
-    except (wheels.WheelError, subprocess.CalledProcessError, OSError) as exc:
+    except (wheels.WheelError, OSError) as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise SourceError(f"wheels {', '.join(pins)} for Python {version}: {exc}") from exc
     shutil.rmtree(staging / "wheels")
     (staging / "done").write_text("\n".join(pins) + "\n")
     shutil.rmtree(entry, ignore_errors=True)
     staging.rename(entry)
-    return entry / "site"
+    return [entry / "site"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness import bundle, manifest, markdown, pipeline, reports, wheelsite
+from harness import bundle, manifest, markdown, reports, wheelsite
 
 from .conftest import run, sh
 
@@ -28,13 +28,13 @@ def sites(tmp_path, monkeypatch):
     """wheelsite.site without an index: one unpacked tree per release; records what was asked for."""
     asked = []
 
-    def fake_site(pins, prune, cache, python, progress):
+    def fake_site(pins, prune, cache, version, progress, archives=None):
         asked.append(pins)
         version = pins[0].split("==")[1]
         tree = tmp_path / "sites" / version / "widgetc"
         tree.mkdir(parents=True, exist_ok=True)
         (tree / "__init__.py").write_text(f"VERSION = {version!r}\nBUGGY = {version == '1.0'}\n")
-        return tree.parent
+        return [tree.parent]
 
     monkeypatch.setattr(wheelsite, "site", fake_site)
     return asked
@@ -68,6 +68,7 @@ def test_check_only_and_upstream_refs(collection, upstream, opts, sites):
     assert checked.verdict == "CHECKED" and "no patch" in checked.reason and sites == []
     at_main = run(collection, opts, folder, upstream_ref="main")
     assert at_main.verdict == "SKIPPED" and "source build" in at_main.reason
+    assert at_main.as_expected, "by design: a --strict nightly at main must not fail on it"
 
 
 def test_at_the_fixed_release_it_is_fixed_upstream(collection, upstream, opts, sites):
@@ -95,10 +96,30 @@ def test_report_table_and_issue_body(collection, upstream, opts, sites):
     assert "pip install widgetc==1.0" in body and "pip install widgetc==2.0" in body and "git am" not in body
 
 
-def test_bundles_refuse_compiler_packs(collection, upstream, tmp_path):
-    pack = manifest.load_pack(compiler_pack(collection, upstream), collection.layout)
-    with pytest.raises(bundle.BundleError, match="compiler packs cannot be bundled yet"):
-        bundle.create([pack], tmp_path / "b", "3.12", ("manylinux",), tmp_path / "cache", [], lambda m: None)
+def test_a_bundle_carries_both_wheel_sets_once_and_the_node_unpacks_them(collection, upstream, cache, tmp_path,
+                                                                          monkeypatch):
+    folder = compiler_pack(collection, upstream)
+    text = (folder / "pack.toml").read_text()
+    (folder / "pack.toml").write_text(text.replace('"widgetc==1.0"]', '"widgetc==1.0", "shared==3"]')
+                                          .replace('"widgetc==2.0"]', '"widgetc==2.0", "shared==3"]'))
+    pack = manifest.load_pack(folder, collection.layout)
+    downloaded = []
+    monkeypatch.setattr(bundle, "runner_requirements", lambda: [])
+    monkeypatch.setattr(bundle, "download_wheels",
+                        lambda specs, dest, *a: downloaded.append(specs) or dest.mkdir(parents=True))
+    monkeypatch.setattr(bundle, "unpack_wheels", lambda w, tree, prune: (tree / "marker").mkdir(parents=True) or [])
+    made = bundle.create([pack], tmp_path / "b", "3.12", ("manylinux",), cache, [], lambda m: None)
+    assert sorted(downloaded) == [[], [], ["shared==3"], ["widgetc==1.0"], ["widgetc==2.0"]]  # [], []: no pins
+    base, fixed = (wheelsite.key(pins, pack.bundle_prune, "3.12")
+                   for pins in (pack.compiler.base_wheels, pack.compiler.fixed_wheels))
+    sites = made["compiler_sites"]
+    assert set(sites) == {base, fixed} and sites[base][1] == sites[fixed][1], "the shared pins travel once"
+    assert all((tmp_path / "b" / a).is_file() for parts in sites.values() for a in parts)
+    archives = bundle.wheel_archives(tmp_path / "b", made)
+    monkeypatch.setenv("REPRO_OFFLINE_UNPACK", str(tmp_path / "unpack"))
+    monkeypatch.setattr(wheelsite.wheels, "download_wheels", lambda *a: pytest.fail("offline: no download"))
+    got = wheelsite.site(pack.compiler.fixed_wheels, pack.bundle_prune, cache, "3.12", lambda m: None, archives)
+    assert len(got) == 2 and all((g / "marker").is_dir() for g in got)
 
 
 def test_wheel_sites_are_cached_by_pins(tmp_path, monkeypatch):
@@ -110,8 +131,8 @@ def test_wheel_sites_are_cached_by_pins(tmp_path, monkeypatch):
 
     monkeypatch.setattr(wheelsite.wheels, "download_wheels", download)
     monkeypatch.setattr(wheelsite.wheels, "unpack_wheels", lambda w, tree, prune: tree.mkdir(parents=True) or [])
-    first = wheelsite.site(("a==1",), (), tmp_path, pipeline.sys.executable, lambda m: None)
-    again = wheelsite.site(("a==1",), (), tmp_path, pipeline.sys.executable, lambda m: None)
-    other = wheelsite.site(("a==2",), (), tmp_path, pipeline.sys.executable, lambda m: None)
+    first = wheelsite.site(("a==1",), (), tmp_path, "3.11", lambda m: None)
+    again = wheelsite.site(("a==1",), (), tmp_path, "3.11", lambda m: None)
+    other = wheelsite.site(("a==2",), (), tmp_path, "3.11", lambda m: None)
     assert first == again != other and calls == [["a==1"], ["a==2"]]
-    assert first.is_dir() and not (first.parent / "wheels").exists()
+    assert first[0].is_dir() and not (first[0].parent / "wheels").exists()

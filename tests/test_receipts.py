@@ -49,3 +49,15 @@ def test_stale_receipt_is_detected(collection, upstream):
     assert receipts.stale_files(receipt, pack) == []
     (folder / "repro.py").write_text((folder / "repro.py").read_text() + "\n# changed\n")
     assert receipts.stale_files(receipt, pack) == ["repro.py"]
+
+
+def test_harness_digest_tracks_the_runner_code(tmp_path, monkeypatch):
+    first = receipts.harness_digest()
+    assert first == receipts.harness_digest() and len(first) == 64
+    fake = tmp_path / "harness"
+    fake.mkdir()
+    (fake / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(receipts.resources, "files", lambda name: fake)
+    one = receipts.harness_digest()
+    (fake / "a.py").write_text("x = 2\n")
+    assert receipts.harness_digest() != one

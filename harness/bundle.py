@@ -4,7 +4,8 @@
   packs-site.tar.xz   the packs' pinned extra wheels for the node's Python and platform, unpacked into
                       one tree (minus each pack's bundle_prune paths) and packed as one xz archive
   runner-site.tar.xz  the runner's own dependencies, as installed here (they only fill gaps there)
-  cache/              the packs' pristine sources (sparse git trees or sdists, without .git)
+  cache/              the packs' pristine sources (sparse git trees or sdists, without .git; a companion
+                      sdist only with its import paths)
   bundle.json         what is in it, with sha256 of every file
 `--offline DIR` (on the node) checks the hashes, unpacks the wheel trees once and runs from them alone.
 """
@@ -79,13 +80,28 @@ def pack_tree(tree: Path, archive: Path) -> None:
         plain.unlink()
 
 
-def _copy_entry(entry: Path, cache: Path, dest_cache: Path) -> str:
+def _copy_entry(entry: Path, cache: Path, dest_cache: Path, keep: frozenset[str] | None = None) -> str:
+    """Copy one cache entry; with `keep`, only those paths of its tree (plus the entry's own files)."""
     rel = entry.relative_to(cache)
     target = dest_cache / rel
     if target.exists():
         sources.remove_tree(target)
-    shutil.copytree(entry, target, symlinks=True, ignore=shutil.ignore_patterns(".git", "archive"))
+    skip = shutil.ignore_patterns(".git", "archive")
+    if keep is None:
+        shutil.copytree(entry, target, symlinks=True, ignore=skip)
+        return str(rel)
+    target.mkdir(parents=True)
+    for item in entry.iterdir():
+        if item.is_file():
+            shutil.copy2(item, target / item.name)
+    for path in sorted(keep):
+        shutil.copytree(entry / "tree" / path, target / "tree" / path, symlinks=True, ignore=skip)
     return str(rel)
+
+
+def _companion_keep(pack: Pack) -> list[frozenset[str] | None]:
+    """What of each companion's tree a bundle carries: its import paths; None (all) when one is the root."""
+    return [None if "." in c.import_paths else frozenset(c.import_paths) for c in pack.companions]
 
 
 def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...], cache: Path,
@@ -93,6 +109,10 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
     dest.mkdir(parents=True, exist_ok=True)
     dest_cache = dest / "cache"
     entries: dict[str, list[dict]] = {}
+    # entry folder -> what of it to carry (None: all). A companion is imported, never patched or diffed,
+    # so only its import paths travel (Liger 0.8.2's sdist is 39 MiB, its src/ 3 MiB); an entry that is
+    # also some pack's target, or that a pack imports from its root, travels whole.
+    carry: dict[Path, frozenset[str] | None] = {}
     for pack in packs:
         got = [sources.acquire_base(pack, cache, "auto", progress)]
         for ref in refs:
@@ -103,15 +123,28 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
                 continue
             got.append(sources.acquire_git(pack.repo, ref, commit, how, pack.source_paths, cache, progress))
         entries[pack.name] = []
-        carried = [(s, False) for s in got] + [(s, True) for s in companions.acquire(pack, cache, progress)]
-        for src, companion in carried:
-            rel = _copy_entry(src.tree.parent, cache, dest_cache)
-            entries[pack.name].append({"kind": src.kind, "ref": src.ref, "commit": src.commit,
-                                       "sdist": src.sdist, "entry": rel, "companion": companion})
+        carried = [(s, False, None) for s in got]
+        carried += list(zip(companions.acquire(pack, cache, progress), [True] * len(pack.companions),
+                            _companion_keep(pack), strict=True))
+        for src, companion, keep in carried:
+            entry = src.tree.parent
+            if entry in carry:
+                before = carry[entry]
+                carry[entry] = None if before is None or keep is None else before | keep
+            else:
+                carry[entry] = None if not companion else keep
+            entries[pack.name].append({"kind": src.kind, "ref": src.ref, "commit": src.commit, "sdist": src.sdist,
+                                       "entry": str(entry.relative_to(cache)), "companion": companion})
         refs_file = cache / "refs" / f"{pack.repo.replace('/', '+')}.json"
         if refs and refs_file.is_file():
             (dest_cache / "refs").mkdir(parents=True, exist_ok=True)
             shutil.copy2(refs_file, dest_cache / "refs" / refs_file.name)
+
+    pruned_companions = {}
+    for entry, keep in carry.items():
+        rel = _copy_entry(entry, cache, dest_cache, keep)
+        if keep is not None:
+            pruned_companions[rel] = sorted(keep)
 
     work = Path(tempfile.mkdtemp(prefix="bundle-", dir=dest))
     try:
@@ -138,6 +171,7 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
         "packs": entries,
         "wheels": pins,
         "pruned": removed,
+        "companion_trees_cut_to": pruned_companions,
         "runner_wheels": runner_pins,
         "packs_site": PACKS_SITE if pins else None,
         "runner_site": RUNNER_SITE,

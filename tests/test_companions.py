@@ -18,9 +18,9 @@ print("FIX_VALIDATED" if widget.VALUE >= 2 else "BUG_REPRODUCED")
 """
 
 
-def companion_line(sha: str, skip: str = "") -> str:
+def companion_line(sha: str, skip: str = "", paths: str = '"."') -> str:
     return (f'companions = [{{ repo = "acme/widget-extras", ref = "v1.0", sdist = "widget==1.0", '
-            f'sha256 = "{sha}", import_paths = ["."]{skip} }}]')
+            f'sha256 = "{sha}", import_paths = [{paths}]{skip} }}]')
 
 
 def test_both_stages_import_the_companion_tree(collection, upstream, opts, index):  # noqa: F811
@@ -58,6 +58,23 @@ def test_a_bundle_carries_the_companion(collection, upstream, cache, index, tmp_
     carried = made["packs"]["01-toy"]
     assert [e["companion"] for e in carried] == [False, True]
     assert (tmp_path / "b" / "cache" / carried[1]["entry"] / "tree" / "src" / "widget" / "__init__.py").is_file()
+
+
+def test_a_bundle_carries_only_a_companions_import_paths(collection, upstream, cache, index, tmp_path,  # noqa: F811
+                                                         monkeypatch):
+    line = companion_line(index, paths='"src"')
+    folder = collection.add_pack("01", "toy", upstream.base, repro=REPRO, extra_requires=line)
+    pack = manifest.load_pack(folder, collection.layout)
+    monkeypatch.setattr(bundle, "download_wheels", lambda *a, **k: None)
+    monkeypatch.setattr(bundle, "runner_requirements", lambda: [])
+    monkeypatch.setattr(bundle, "pack_tree", lambda tree, archive: archive.write_bytes(b""))
+    made = bundle.create([pack], tmp_path / "b", "3.12", ("manylinux",), cache, [], lambda m: None)
+    entry = tmp_path / "b" / "cache" / made["packs"]["01-toy"][1]["entry"]
+    assert (entry / "tree" / "src" / "widget" / "__init__.py").is_file() and (entry / "source.json").is_file()
+    assert not (entry / "tree" / "PKG-INFO").exists(), "the rest of the sdist stays behind"
+    assert made["companion_trees_cut_to"] == {made["packs"]["01-toy"][1]["entry"]: ["src"]}
+    target = tmp_path / "b" / "cache" / made["packs"]["01-toy"][0]["entry"]
+    assert target.name not in made["companion_trees_cut_to"] and any(target.rglob("*.py")), "the target is whole"
 
 
 def test_the_issue_body_names_the_companion(collection, upstream, index):  # noqa: F811

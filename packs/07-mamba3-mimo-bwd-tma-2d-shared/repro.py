@@ -10,6 +10,8 @@ Run on a mamba checkout (clean, then with the patch; tilelang 0.1.8; one CUDA GP
                 within REL_TOL (upstream's MIMO tolerance);
   3. timing     (patched, only when TMA-on lowering passed) the backward with TMA on against TMA off, in
                 this process, on the arguments of one real backward call; reported, never judged.
+Standalone: `python repro.py --save-ref grads.pt` on the clean checkout, `python repro.py --ref grads.pt` on
+the patched one (under the runner, $REPRO_ARTIFACTS carries the file from the clean stage to the patched one).
   BUG_REPRODUCED  clean: every kernel fails TMA lowering with the rank-3 check; gradients computed;
   FIX_VALIDATED   patched: no kernel fails with that check, gradients match clean and the reference;
   INCONCLUSIVE    anything else (e.g. the patched stage without the clean stage's saved gradients).
@@ -19,9 +21,11 @@ import importlib.util
 import inspect
 import json
 import math
+import multiprocessing
 import os
 import re
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -57,26 +61,29 @@ def load_variant(module: str, jit, tag: str):
     return mod
 
 
-def lower_with_tma() -> dict:
+def lower_one(kernel: tuple[str, str]) -> dict:
+    """Lower one kernel for sm_90 with TMA enabled (no device compile); the error line if it fails."""
     import tilelang
     from tilelang import tvm
 
+    module, name = kernel
     target = tvm.target.Target("cuda -arch=sm_90")
     config = {"tl.disable_tma_lower": False, "tl.disable_warp_specialized": True}
-    out = {}
-    for module, name in KERNELS:
-        builder = getattr(load_variant(module, lambda *a, **k: (lambda f: f), "lower"), name)
-        prim = builder(**{k: v for k, v in LOWER_SHAPE.items() if k in inspect.signature(builder).parameters})
-        try:
-            with target, tvm.transform.PassContext(opt_level=3, config=config):
-                art = tilelang.lower(prim, target=target, enable_device_compile=False)
-            source = getattr(art, "kernel_source", "") or ""
-            out[f"{module}.{name}"] = {"lowered": True, "tma_load": source.count("tma_load")}
-        except Exception as exc:  # noqa: BLE001 - the message is the measurement
-            lines = [ln.strip() for ln in str(exc).splitlines() if "Check failed" in ln] or [str(exc)[-300:]]
-            out[f"{module}.{name}"] = {"lowered": False, "error": lines[-1][:300],
-                                       "rank3_check": bool(RANK3_RE.search(lines[-1]))}
-    return out
+    builder = getattr(load_variant(module, lambda *a, **k: (lambda f: f), "lower"), name)
+    prim = builder(**{k: v for k, v in LOWER_SHAPE.items() if k in inspect.signature(builder).parameters})
+    try:
+        with target, tvm.transform.PassContext(opt_level=3, config=config):
+            art = tilelang.lower(prim, target=target, enable_device_compile=False)
+        return {"lowered": True, "tma_load": (getattr(art, "kernel_source", "") or "").count("tma_load")}
+    except Exception as exc:  # noqa: BLE001 - the message is the measurement
+        lines = [ln.strip() for ln in str(exc).splitlines() if "Check failed" in ln] or [str(exc)[-300:]]
+        return {"lowered": False, "error": lines[-1][:300], "rank3_check": bool(RANK3_RE.search(lines[-1]))}
+
+
+def lower_with_tma() -> dict:
+    # one process per kernel: each lowering of these large kernels takes most of a minute
+    with ProcessPoolExecutor(len(KERNELS), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return {f"{m}.{n}": r for (m, n), r in zip(KERNELS, pool.map(lower_one, KERNELS), strict=True)}
 
 
 def make_inputs(B, S, H, G, seed):
@@ -127,8 +134,7 @@ def grads(mimo, x, dout):
     return torch.autograd.grad(out, [leaves[n] for n in NAMES], dout)
 
 
-def gradient_check(mimo, artifacts: Path, clean: bool) -> dict:
-    saved = artifacts / "pack07-clean-grads.pt"
+def gradient_check(mimo, saved: Path, clean: bool) -> dict:
     result, mine = {"shapes": []}, {}
     for i, shape in enumerate(SHAPES):
         x, dout = make_inputs(**shape, seed=SEED + i)
@@ -194,7 +200,8 @@ def tma_timing(mimo_module) -> dict:
     try:
         off_ms, on_ms = median_ms(real), median_ms(on)
     except Exception as exc:  # noqa: BLE001 - a TMA-on compile error is the next blocker, recorded
-        return {"error": f"{type(exc).__name__}: {str(exc)[-300:]}"}
+        errors = [ln.strip() for ln in str(exc).splitlines() if "error" in ln.lower()]
+        return {"error": f"{type(exc).__name__}: " + (" | ".join(errors[:6])[:900] or str(exc)[-300:])}
     return {"shape": {"B": 8, "S": 2048, "H": 32, "G": 8}, "tma_off_ms": off_ms, "tma_on_ms": on_ms,
             "on_over_off": on_ms / off_ms}
 
@@ -206,8 +213,12 @@ def main() -> int:
     import tilelang
     from mamba_ssm.ops.tilelang.mamba3 import mamba3_mimo as mimo_module
 
+    args = sys.argv[1:]
+    if args[:1] in (["--save-ref"], ["--ref"]) and len(args) == 2:
+        saved = Path(args[1])
+    else:
+        saved = Path(os.environ.get("REPRO_ARTIFACTS", ".")) / "pack07-clean-grads.pt"
     torch.manual_seed(SEED)
-    artifacts = Path(os.environ.get("REPRO_ARTIFACTS", "."))
     lowering = lower_with_tma()
     rank3 = [k for k, v in lowering.items() if not v["lowered"] and v["rank3_check"]]
     clean = len(rank3) == len(KERNELS)
@@ -216,7 +227,7 @@ def main() -> int:
           "lowering_tma_on": lowering, "rank3_failures": rank3,
           "next_blockers": {k: v["error"] for k, v in lowering.items() if not v["lowered"] and not v["rank3_check"]},
           "thresholds": {"rel_tol_vs_fp32": REL_TOL, "vs_clean_rel": BF16_EPS}}
-    ev["gradients_tma_off"] = gradient_check(mimo_module.mamba3_mimo, artifacts, clean)
+    ev["gradients_tma_off"] = gradient_check(mimo_module.mamba3_mimo, saved, clean)
     g = ev["gradients_tma_off"]
     grads_ok = all(s["finite"] and s["worst_rel_err_vs_fp32"] < REL_TOL for s in g["shapes"])
     if clean and grads_ok:

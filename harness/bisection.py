@@ -16,14 +16,20 @@ The search walks the far end's first-parent chain itself instead of driving `git
   commits do not exist and `git bisect` would only see rewritten shas;
 - skips, the "one of these commits" answer and the evidence of each step stay in our own record
   instead of being parsed back out of git's output.
-It is a binary search over the chain's positions: log2(N) runs plus the two ends.
+It is a binary search over the chain's positions: log2(N) runs plus the two ends. With --bisect-jobs J
+it is a (J+1)-ary search instead: both ends at once, then rounds of J commits run side by side that cut
+the open interval into J+1 parts, about log_{J+1}(N) rounds. That is for reproducers whose time goes to
+compiling kernels on the CPU (each commit's kernels are new) and whose verdict is numerical: a pack whose
+verdict is a timing (kind "perf") must not share the machine, and is refused.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -90,6 +96,7 @@ class BisectResult:
     started_at: str = ""
     duration_s: float = 0.0
     log_dir: str = ""
+    jobs: int = 1  # commits tested side by side per round
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,9 +123,25 @@ def next_probe(states: dict[int, str]) -> int | None:
     return min(free, key=lambda i: (abs(i - mid), i))
 
 
+def next_probes(states: dict[int, str], jobs: int) -> list[int]:
+    """The next round's positions: next_probe's one for jobs=1; else up to `jobs` untested positions
+    that cut the open interval into jobs+1 near-equal parts (all of them when that many are left)."""
+    if jobs <= 1:
+        return [p] if (p := next_probe(states)) is not None else []
+    lo, hi = bounds(states)
+    free = [i for i in range(lo + 1, hi) if i not in states]
+    if len(free) <= jobs:
+        return free
+    picked: list[int] = []
+    for j in range(1, jobs + 1):
+        target = lo + (hi - lo) * j / (jobs + 1)
+        picked.append(min((i for i in free if i not in picked), key=lambda i: (abs(i - target), i)))
+    return sorted(picked)
+
+
 def run_bisect(pack: Pack, chain: list[Commit], tree_for: Callable[[Commit], sources.Source],
                opts: pipeline.RunOptions, result: BisectResult, progress: Progress) -> BisectResult:
-    """Test both ends, then bisect the chain; fills in and returns result."""
+    """Test both ends, then bisect the chain (result.jobs commits per round); fills in and returns result."""
     t0 = time.monotonic()
     say = lambda msg: progress(f"[{pack.id}] {msg}")  # noqa: E731
     pack_dir = opts.run_dir / pack.name
@@ -158,12 +181,29 @@ def _search(pack: Pack, chain: list[Commit], tree_for, opts: pipeline.RunOptions
         acquired = companions.acquire(pack, opts.cache_dir, say)
         opts = replace(opts, companion_roots=companions.import_roots(pack, acquired))
 
+    lock = threading.Lock()
+
+    def one_tree_at_a_time(commit: Commit) -> sources.Source:
+        with lock:  # trees come out of one git dir (and its fetches); only the reproducer runs side by side
+            return tree_for(commit)
+
     def test(position: int, old_sentinel: str | None) -> Tested:
-        tested = _test(pack, chain[position], position, tree_for, opts, pack_dir, say, old_sentinel)
+        tested = _test(pack, chain[position], position, one_tree_at_a_time, opts, pack_dir, say, old_sentinel)
         result.tested.append(tested)
         return tested
 
-    old_end = test(0, None)
+    def test_all(positions: list[int], old_sentinel: str | None) -> list[Tested]:
+        if len(positions) == 1:
+            return [test(positions[0], old_sentinel)]
+        with ThreadPoolExecutor(len(positions)) as pool:
+            return list(pool.map(lambda p: test(p, old_sentinel), positions))
+
+    if result.jobs > 1:  # both ends at once; the far end's state is read against the old end's after
+        old_end, new_end = test_all([0, len(chain) - 1], None)
+        if new_end.state != SKIP and old_end.sentinel in sentinel_pair(pack):
+            new_end.state = OLD if new_end.sentinel == old_end.sentinel else NEW
+    else:
+        old_end, new_end = test(0, None), None
     old_label = f"the old end ({result.old['ref']} @ {chain[0].sha[:12]})"
     bug, good = sentinel_pair(pack)
     if old_end.sentinel not in (bug, good):
@@ -172,7 +212,7 @@ def _search(pack: Pack, chain: list[Commit], tree_for, opts: pipeline.RunOptions
     old_end.state = OLD
     result.search = "fix" if old_end.sentinel == bug else "regression"
     new_sentinel = good if old_end.sentinel == bug else bug
-    new_end = test(len(chain) - 1, old_end.sentinel)
+    new_end = new_end or test(len(chain) - 1, old_end.sentinel)
     new_label = f"the far end ({result.new['ref']} @ {chain[-1].sha[:12]})"
     if new_end.sentinel != new_sentinel:
         if new_end.sentinel == old_end.sentinel:
@@ -186,11 +226,12 @@ def _search(pack: Pack, chain: list[Commit], tree_for, opts: pipeline.RunOptions
         return
 
     states = {0: OLD, len(chain) - 1: NEW}
-    while (position := next_probe(states)) is not None:
+    while positions := next_probes(states, result.jobs):
         lo, hi = bounds(states)
         say(f"{hi - lo - 1} commits left between {chain[lo].sha[:12]} and {chain[hi].sha[:12]}; testing "
-            f"{chain[position].sha[:12]}")
-        states[position] = test(position, old_end.sentinel).state
+            + ", ".join(chain[p].sha[:12] for p in positions))
+        for position, tested in zip(positions, test_all(positions, old_end.sentinel), strict=True):
+            states[position] = tested.state
     lo, hi = bounds(states)
     candidates = chain[lo + 1: hi + 1]
     result.candidates = [c.record() for c in candidates]
@@ -305,6 +346,13 @@ def cli_run(args, layout: Layout, console: Console, err: Console) -> int:
         err.print(f"[red]error:[/] --bisect {pack.name}: a compiler pack runs released {pack.compiler.package} "
                   f"wheels, and the commits in between have none; bisecting it needs a source build per commit")
         return EXIT_USAGE
+    if args.bisect_jobs < 1:
+        err.print("[red]error:[/] --bisect-jobs takes a number of commits to test side by side, 1 or more")
+        return EXIT_USAGE
+    if args.bisect_jobs > 1 and pack.kind == "perf":
+        err.print(f"[red]error:[/] --bisect {pack.name} --bisect-jobs {args.bisect_jobs}: this pack's verdict is a "
+                  f"timing, and runs that share the machine would change it; bisect it with one job")
+        return EXIT_USAGE
     start = time.monotonic()
     progress = lambda msg: err.print(f"[dim]{time.monotonic() - start:6.1f}s[/] {esc(msg)}", highlight=False)  # noqa: E731
     cache = (args.cache_dir or default_cache_dir()).resolve()
@@ -323,7 +371,7 @@ def cli_run(args, layout: Layout, console: Console, err: Console) -> int:
     except (sources.SourceError, GitError) as exc:
         err.print(f"[red]error:[/] bisect {pack.name}: {esc(str(exc))}")
         return EXIT_NOT_FOUND
-    result.started_at = started
+    result.started_at, result.jobs = started, args.bisect_jobs
     try:
         run_bisect(pack, chain, tree_for, opts, result, progress)
     except sources.SourceUnreachable as exc:

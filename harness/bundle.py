@@ -4,8 +4,8 @@
   packs-site.tar.xz   the packs' pinned extra wheels for the node's Python and platform, unpacked into
                       one tree (minus each pack's bundle_prune paths) and packed as one xz archive
   runner-site.tar.xz  the runner's own dependencies, as installed here (they only fill gaps there)
-  cache/              the packs' pristine sources (sparse git trees or sdists, without .git; a companion
-                      sdist only with its import paths)
+  sources.tar.xz      the packs' pristine source cache (sparse git trees or sdists, without .git; a
+                      companion sdist only with its import paths), unpacked once on the node
   bundle.json         what is in it, with sha256 of every file
 `--offline DIR` (on the node) checks the hashes, unpacks the wheel trees once and runs from them alone.
 """
@@ -31,7 +31,7 @@ from .receipts import sha256_file
 from .wheels import DEFAULT_PLATFORMS, download_wheels, unpack_wheels  # noqa: F401 - DEFAULT_PLATFORMS: cli
 
 Progress = Callable[[str], None]
-PACKS_SITE, RUNNER_SITE = "packs-site.tar.xz", "runner-site.tar.xz"
+PACKS_SITE, RUNNER_SITE, SOURCES = "packs-site.tar.xz", "runner-site.tar.xz", "sources.tar.xz"
 class BundleError(Exception):
     pass
 
@@ -107,7 +107,10 @@ def _companion_keep(pack: Pack) -> list[frozenset[str] | None]:
 def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...], cache: Path,
            refs: list[str], progress: Progress) -> dict:
     dest.mkdir(parents=True, exist_ok=True)
-    dest_cache = dest / "cache"
+    for old in (dest / "cache", dest / "sources"):  # an earlier bundle's plain cache, or a cut-off one's staging
+        if old.exists():
+            sources.remove_tree(old)
+    dest_cache = dest / "sources"  # staging: packed into SOURCES below
     entries: dict[str, list[dict]] = {}
     # entry folder -> what of it to carry (None: all). A companion is imported, never patched or diffed,
     # so only its import paths travel (Liger 0.8.2's sdist is 39 MiB, its src/ 3 MiB); an entry that is
@@ -116,12 +119,14 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
     for pack in packs:
         got = [sources.acquire_base(pack, cache, "auto", progress)]
         for ref in refs:
+            if pack.is_compiler and ref != pack.compiler.fixed_release:
+                progress(f"{pack.name}: not carrying {ref}: a compiler pack runs released wheels, and is SKIPPED there")
+                continue
             try:
                 commit, how = sources.resolve_ref(pack.repo, ref, cache, progress)
-            except sources.SourceError as exc:
+                got.append(sources.acquire_git(pack.repo, ref, commit, how, pack.source_paths, cache, progress))
+            except sources.SourceError as exc:  # the run at that ref will say why, as it would online
                 progress(f"{pack.name}: not carrying {ref}: {exc}")
-                continue
-            got.append(sources.acquire_git(pack.repo, ref, commit, how, pack.source_paths, cache, progress))
         entries[pack.name] = []
         carried = [(s, False, None) for s in got]
         carried += list(zip(companions.acquire(pack, cache, progress), [True] * len(pack.companions),
@@ -145,6 +150,12 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
         rel = _copy_entry(entry, cache, dest_cache, keep)
         if keep is not None:
             pruned_companions[rel] = sorted(keep)
+    # Python sources compress about 8x (the Megatron trees of eight packs at base and main: 50 MiB, 6 MiB
+    # as xz), and the GPU node's carry is 64 MiB: the source cache travels as one archive.
+    progress("packing the source cache (xz -9)")
+    dest_cache.mkdir(exist_ok=True)
+    pack_tree(dest_cache, dest / SOURCES)
+    sources.remove_tree(dest_cache)
 
     work = Path(tempfile.mkdtemp(prefix="bundle-", dir=dest))
     try:
@@ -175,6 +186,7 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
         "runner_wheels": runner_pins,
         "packs_site": PACKS_SITE if pins else None,
         "runner_site": RUNNER_SITE,
+        "sources": SOURCES,
         "compiler_sites": compiler_sites,
         "files": files,
     }
@@ -230,7 +242,9 @@ def open_bundle(bundle: Path, progress: Progress) -> tuple[Path, list[Path], dic
     if bad:
         raise BundleError(f"--offline {bundle}: files missing or changed since bundling: {bad[:5]}")
     site = [offline_boot.unpack(bundle, manifest["packs_site"])] if manifest.get("packs_site") else []
-    return bundle / "cache", site, manifest
+    # bundles made before the source cache was archived carry it as a plain cache/ folder
+    cache = offline_boot.unpack(bundle, manifest["sources"]) if manifest.get("sources") else bundle / "cache"
+    return cache, site, manifest
 
 
 def run_record(bundle: Path, manifest: dict) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import bundle, compare, export, manifest, markdown, receipts, repeat, reports, sources, verdicts, wheels
+from . import bundle, compare, export, manifest, markdown, merge, receipts, repeat, reports, sources, verdicts, wheels
 from . import lint as lint_mod
 from .bisection import cli_run as bisect_run
 from .container import ContainerError
@@ -43,11 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--report", metavar="NN", help="print the upstream issue/PR body for this pack")
     what.add_argument("--export", nargs=2, metavar=("NN", "DIR"),
                       help="write a self-contained folder for this pack to attach upstream")
+    what.add_argument("--merge", nargs="+", type=Path, metavar="RUN.json",
+                      help="one report (--json/--junit/--markdown) from several runs' --json reports, each "
+                      "pack from the one run that ran it (a nightly run in parts)")
     what.add_argument("--bisect", metavar="NN",
                       help="find the upstream commit between the pack's base and main (or --upstream REF) "
                       "where its reproducer stops (or starts) printing BUG_REPRODUCED")
     what.add_argument("--bisect-from", metavar="REF",
                       help="with --bisect: start from this upstream ref instead of the pinned base")
+    what.add_argument("--bisect-jobs", type=int, default=1, metavar="J",
+                      help="with --bisect: test J commits side by side per round (a (J+1)-ary search); for "
+                      "reproducers that spend their time compiling, not for timed verdicts")
     where = p.add_argument_group("which upstream code")
     where.add_argument("--upstream", metavar="REF", help="run against this git ref instead of the pinned base")
     where.add_argument("--source", type=Path, metavar="DIR",
@@ -65,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "builds the image when its context changed (needs the docker extra and a Docker engine)")
     how.add_argument("--run-dir", type=Path, default=None, help="where logs go (default: runs/<timestamp>)")
     how.add_argument("--strict", action="store_true", help="count SKIPPED as unexpected in the exit code")
+    how.add_argument("--jobs", type=int, default=1, metavar="J",
+                     help="run J packs side by side (they share the machine and its GPU; packs whose verdict "
+                     "depends on timings, [run] exclusive, run alone afterwards); results say so")
     how.add_argument("--repeat", type=int, default=1, metavar="N",
                      help="run each pack N times; disagreeing runs make it FLAKY")
     how.add_argument("--repeat-rtol", type=float, default=0.05, metavar="R",
@@ -106,6 +116,9 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
             except ContainerError as exc:
                 err.print(f"[red]error:[/] {escape(str(exc))}")
                 return EXIT_USAGE
+        if not args.bisect and (args.bisect_from or args.bisect_jobs != 1):
+            err.print("[red]error:[/] --bisect-from and --bisect-jobs only go with --bisect NN")
+            return EXIT_USAGE
         if args.lint:
             return _lint(layout, console)
         if args.list:
@@ -114,6 +127,8 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
             (layout.root / "STATUS.md").write_text(markdown.status(layout))
             console.print("STATUS.md written")
             return EXIT_OK
+        if args.merge:
+            return _merge(args, layout, console, err)
         if args.report:
             pack = manifest.load_pack(manifest.select([args.report], layout)[0], layout)
             print(markdown.issue_body(pack, receipts.latest_for(pack, layout), layout), end="")
@@ -136,6 +151,9 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
         return EXIT_USAGE
     if args.source and len(packs) != 1:
         err.print("[red]error:[/] --source DIR names one checkout; use it with exactly one --pack")
+        return EXIT_USAGE
+    if args.jobs < 1 or (args.jobs > 1 and args.bundle):
+        err.print("[red]error:[/] --jobs takes 1 or more packs at a time and runs them here (not with --bundle)")
         return EXIT_USAGE
     cache_dir = (args.cache_dir or default_cache_dir()).resolve()
     start = time.monotonic()
@@ -161,7 +179,7 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
         timeout_s=args.timeout, source_dir=args.source, source_kind=args.source_kind, python=args.interpreter,
         extra_pythonpath=extra_path, bundle=bundle_info, wheel_archives=archives,
     )
-    results = [_run_one(pack, opts, args, progress) for pack in packs]
+    results = _run_all(packs, opts, args, progress)
 
     reports.print_table(results, console)
     if args.json:
@@ -170,6 +188,8 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
         reports.write_junit(results, args.junit)
     if args.markdown:
         title = f"upstream-repro: {args.upstream or 'pinned bases'}" + (" (--check)" if args.check else "")
+        if args.jobs > 1:
+            title += f" ({args.jobs} packs side by side: timings were taken on a shared machine)"
         args.markdown.write_text(markdown.results_table(list(zip(packs, results, strict=True)), title))
     if args.receipt:
         for pack, result in zip(packs, results, strict=True):
@@ -192,6 +212,47 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
     if skipped and not args.strict:
         err.print(f"[yellow]{len(skipped)} pack(s) SKIPPED[/] (see the reasons above; --strict makes that fail)")
     return EXIT_UNEXPECTED if bad else EXIT_OK
+
+
+def _merge(args, layout: Layout, console: Console, err: Console) -> int:
+    """--merge RUN.json ...: the parts' results as one report; exit code as if it had been one run."""
+    if not (args.json or args.junit or args.markdown):
+        err.print("[red]error:[/] --merge writes a report: name --json, --junit and/or --markdown")
+        return EXIT_USAGE
+    try:
+        meta, results = merge.merge(args.merge)
+        packs = [manifest.load_pack(manifest.select([r.pack], layout)[0], layout) for r in results]
+    except (merge.MergeError, manifest.ManifestError) as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        return EXIT_USAGE
+    reports.print_table(results, console)
+    if args.json:
+        reports.write_json(results, args.json, meta)
+    if args.junit:
+        reports.write_junit(results, args.junit)
+    if args.markdown:
+        title = f"upstream-repro: {meta['upstream'] or 'pinned bases'} (merged from {len(args.merge)} runs: " + \
+            ", ".join(p["file"] for p in meta["merged_from"]) + ")"
+        args.markdown.write_text(markdown.results_table(list(zip(packs, results, strict=True)), title))
+    bad = [r for r in results if not r.as_expected and (r.verdict != verdicts.SKIPPED or args.strict)]
+    return EXIT_UNEXPECTED if bad else EXIT_OK
+
+
+def _run_all(packs, opts: RunOptions, args, progress) -> list:
+    """Every pack, in order; with --jobs J, the packs that may share the machine J at a time (threads: each
+    runs its stages as subprocesses), then the exclusive ones alone. Results keep the packs' order."""
+    if args.jobs <= 1:
+        return [_run_one(pack, opts, args, progress) for pack in packs]
+    shared = [p for p in packs if not p.exclusive]
+    alone = [p for p in packs if p.exclusive]
+    together = replace(opts, jobs=min(args.jobs, len(shared)) or 1)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        done = dict(zip([p.name for p in shared], pool.map(lambda p: _run_one(p, together, args, progress), shared),
+                        strict=True))
+    for pack in alone:
+        progress(f"[{pack.id}] runs alone ([run] exclusive): its verdict depends on timings")
+        done[pack.name] = _run_one(pack, opts, args, progress)
+    return [done[p.name] for p in packs]
 
 
 def _run_one(pack, opts: RunOptions, args, progress):

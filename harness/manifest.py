@@ -77,6 +77,7 @@ class Pack:
     claim: dict[str, str]
     upstream: dict[str, Any]
     timeout_s: int
+    exclusive: bool  # [run] exclusive: under --jobs, runs alone (its verdict depends on timings)
     extra_sentinels: tuple[str, ...]
     expect: dict[str, str] = field(default_factory=dict)
     retired: str | None = None
@@ -209,6 +210,7 @@ def load_pack(pack_dir: Path, layout: Layout | None = None) -> Pack:
         claim=dict(data["claim"]),
         upstream=dict(data["upstream"]),
         timeout_s=data["run"].get("timeout_s", DEFAULT_TIMEOUT_S),
+        exclusive=bool(data["run"].get("exclusive", False)),
         extra_sentinels=tuple(data["run"].get("extra_sentinels", ())),
         expect=dict(data.get("expect", {})),
         retired=data.get("retired"),

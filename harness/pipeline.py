@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -36,6 +37,7 @@ class RunOptions:
     bundle: dict[str, Any] | None = None  # what --offline ran from
     wheel_archives: dict[str, list[tuple[Path, str]]] = field(default_factory=dict)  # --offline: compiler packs
     companion_roots: tuple[Path, ...] = ()  # set once per run by _prepare_stages (bisect: once per bisect)
+    jobs: int = 1  # --jobs: packs run side by side on this machine (recorded in results and receipts)
 
 
 @dataclass
@@ -78,6 +80,7 @@ class PackResult:
     log_dir: str = ""
     bundle: dict[str, Any] | None = None
     repeat: dict[str, Any] | None = None  # --repeat N: the runs' verdicts and any differences
+    jobs: int = 1  # how many packs shared the machine with this one's run (1: it ran alone)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,7 +106,7 @@ def run_pack(pack: Pack, opts: RunOptions, progress: Progress) -> PackResult:
         pack=pack.name, id=pack.id, title=pack.title, repo=pack.repo,
         ref=opts.upstream_ref or pack.base_ref, upstream_ref=opts.upstream_ref, commit=None,
         verdict=verdicts.ERROR, reason="", expected=[], as_expected=False,
-        started_at=started, log_dir=str(pack_dir), bundle=opts.bundle,
+        started_at=started, log_dir=str(pack_dir), bundle=opts.bundle, jobs=opts.jobs,
     )
     if pack.is_contract:  # the pinned base is a ref like any other: [expect] may name it
         result.expected = list(verdicts.expected_contract(pack.expect, result.ref, opts.check_only))
@@ -132,7 +135,17 @@ def run_pack(pack: Pack, opts: RunOptions, progress: Progress) -> PackResult:
     return result
 
 
+# --jobs runs packs in threads; the pristine cache (sources, companions, wheel sites) is written one
+# acquisition at a time, and only the reproducers run side by side.
+CACHE_LOCK = threading.RLock()
+
+
 def _acquire(pack: Pack, opts: RunOptions, say: Progress) -> sources.Source:
+    with CACHE_LOCK:
+        return _acquire_unlocked(pack, opts, say)
+
+
+def _acquire_unlocked(pack: Pack, opts: RunOptions, say: Progress) -> sources.Source:
     if opts.source_dir:
         return sources.acquire_local(pack.repo, opts.source_dir)
     if opts.upstream_ref == LATEST_RELEASE:
@@ -241,13 +254,15 @@ def _run_compiler(pack: Pack, opts: RunOptions, result: PackResult, source: sour
     version = ".".join(result.environment["python"].split(".")[:2])  # the reproducers' Python, as probed
     # at --upstream <fixed release> the one (clean) stage imports that release: FIXED_UPSTREAM when it is fixed
     base_pins = fix.fixed_wheels if opts.upstream_ref == fix.fixed_release else fix.base_wheels
-    base_sites = wheelsite.site(base_pins, prune, opts.cache_dir, version, say, opts.wheel_archives)
+    with CACHE_LOCK:
+        base_sites = wheelsite.site(base_pins, prune, opts.cache_dir, version, say, opts.wheel_archives)
     clean = _stage("clean", tree, pack, replace(opts, extra_pythonpath=[*base_sites, *opts.extra_pythonpath]),
                    pack_dir, artifacts, timeout, source, say)
     result.stages.append(clean)
     fixed = None
     if clean.sentinel in ("BUG_REPRODUCED", "INCONCLUSIVE") and opts.upstream_ref is None:
-        fixed_sites = wheelsite.site(fix.fixed_wheels, prune, opts.cache_dir, version, say, opts.wheel_archives)
+        with CACHE_LOCK:
+            fixed_sites = wheelsite.site(fix.fixed_wheels, prune, opts.cache_dir, version, say, opts.wheel_archives)
         fixed_opts = replace(opts, extra_pythonpath=[*fixed_sites, *opts.extra_pythonpath])
         fixed = _stage("fixed-release", tree, pack, fixed_opts, pack_dir, artifacts, timeout, source, say)
         result.stages.append(fixed)
@@ -272,7 +287,8 @@ def _prepare_stages(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: 
 
     result.environment["compile_caches"] = compile_cache_state()
     if pack.companions:
-        acquired = companions.acquire(pack, opts.cache_dir, say)
+        with CACHE_LOCK:
+            acquired = companions.acquire(pack, opts.cache_dir, say)
         result.companions = [src.record() for src in acquired]
         opts = replace(opts, companion_roots=companions.import_roots(pack, acquired))
     artifacts = pack_dir / "artifacts"

@@ -47,7 +47,8 @@ def manifest_digest(path: Path) -> str:
     the pack claims or what a run measured, and a receipt records the environment that actually ran
     (Python, torch, triton, tilelang, GPU) whatever started it. So naming or changing a pack's stack keeps
     its receipts current; the line must stay on one line for that (the schema allows only a plain name).
-    Without either, the file's own sha256."""
+    The same holds for `exclusive = ...` in [run] (scheduling under --jobs; the receipt records the jobs).
+    Without any of these, the file's own sha256."""
     kept, skipping, table = [], False, b""
     for line in path.read_bytes().splitlines(keepends=True):
         header = re.match(rb"^\s*\[([^\]]+)\]\s*(#.*)?$", line)
@@ -58,6 +59,8 @@ def manifest_digest(path: Path) -> str:
                 kept.pop()  # the one blank line that separates [report] from what precedes it
         if table == b"requires" and re.match(rb"""^\s*["']?stack["']?\s*=""", line):
             continue
+        if table == b"run" and re.match(rb"""^\s*["']?exclusive["']?\s*=""", line):
+            continue  # how to schedule it under --jobs, like the stack: not what it claims
         if not skipping:
             kept.append(line)
     return hashlib.sha256(b"".join(kept)).hexdigest()
@@ -116,13 +119,14 @@ def build(result: PackResult, pack: Pack, command: list[str], layout: Layout) ->
         "hashes": current_hashes(pack),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "runner": {"version": __version__, "command": " ".join(command), "collection_commit": head,
-                   "collection_dirty": dirty, "harness_sha256": harness_digest()},
+                   "collection_dirty": dirty, "harness_sha256": harness_digest(),
+                   "jobs": result.jobs},
     }
 
 
 def _run_record(receipt: dict[str, Any]) -> dict[str, Any]:
     return {"date": receipt["date"], "compile_caches": receipt["environment"].get("compile_caches"),
-            "total_s": receipt["durations"].get("total_s"),
+            "total_s": receipt["durations"].get("total_s"), "jobs": receipt["runner"].get("jobs", 1),
             "stages_s": {s["name"]: s["duration_s"] for s in receipt["stages"]}}
 
 

@@ -13,6 +13,7 @@ from harness import bisection, cli
 from harness.bisection import NEW, OLD, SKIP, bounds, next_probe
 
 from .conftest import git_commit, sh
+from .test_contract import add_contract
 
 # The reproducer reads VALUE: < 2 is the bug, >= 2 the fix, None says INCONCLUSIVE.
 REPRO = """\
@@ -227,7 +228,10 @@ def no_wheels(monkeypatch):
 
     monkeypatch.setattr(bundle, "download_wheels", lambda *a, **k: None)
     monkeypatch.setattr(bundle, "runner_requirements", lambda: [])
-    monkeypatch.setattr(bundle, "pack_tree", lambda tree, archive: archive.write_bytes(b""))
+    real = bundle.pack_tree  # the source cache is packed for real; wheel trees (none here) are stubbed
+    monkeypatch.setattr(bundle, "pack_tree",
+                        lambda tree, archive: real(tree, archive) if archive.name == bundle.SOURCES
+                        else archive.write_bytes(b""))
 
 
 def test_bundle_then_bisect_offline(collection, upstream, history, cache, tmp_path, no_wheels, monkeypatch, capsys):
@@ -312,3 +316,58 @@ def test_a_contract_pack_bisects_broken_to_held():
 
     assert bisection.sentinel_pair(SimpleNamespace(is_contract=True)) == ("CONTRACT_BROKEN", "CONTRACT_HELD")
     assert bisection.sentinel_pair(SimpleNamespace(is_contract=False)) == ("BUG_REPRODUCED", "FIX_VALIDATED")
+
+
+# ---------------------------------------------------------------- side by side (--bisect-jobs)
+
+
+@pytest.mark.parametrize("jobs", [2, 3, 7])
+@pytest.mark.parametrize("first_new", range(1, 20))
+def test_rounds_of_jobs_find_every_position(jobs, first_new):
+    n = 20
+    states = {0: OLD, n - 1: NEW}
+    rounds = 0
+    while probes := bisection.next_probes(states, jobs):
+        assert len(probes) == len(set(probes)) <= jobs and all(p not in states for p in probes)
+        for p in probes:
+            states[p] = NEW if p >= first_new else OLD
+        rounds += 1
+    assert bounds(states)[1] == first_new
+    assert rounds <= {2: 3, 3: 3, 7: 2}[jobs], "about log_(J+1) of the chain"
+
+
+def test_one_job_is_the_plain_bisection():
+    states = {0: OLD, 4: SKIP, 8: NEW}
+    assert bisection.next_probes(states, 1) == [next_probe(states)] == [3]
+    assert bisection.next_probes({0: OLD, 1: NEW}, 3) == []
+
+
+def test_side_by_side_finds_the_fixing_commit(collection, upstream, history, cache, tmp_path, capsys):
+    chain = history(["bug", "bug", "broken", "bug", "fix", "fix", "fix", "fix"])
+    collection.add_pack("01", "toy", upstream.base, repro=REPRO)
+    assert cli.main(bisect_args(cache, tmp_path, "--bisect-jobs", "3"), layout=collection.layout) == cli.EXIT_OK
+    rec = record(tmp_path)
+    assert rec["status"] == "found" and rec["found"]["sha"] == chain[5] and rec["jobs"] == 3
+    tested = {t["sha"]: t["state"] for t in rec["tested"]}
+    assert tested[upstream.base] == "old" and tested[chain[-1]] == "new"
+    assert [t["position"] for t in rec["tested"]] == sorted(t["position"] for t in rec["tested"])
+    assert len(tested) <= 2 + 6, "two rounds of three at most"
+
+
+def test_side_by_side_ends_that_agree_still_stop(collection, upstream, history, cache, tmp_path):
+    history(["bug", "bug", "bug"])
+    collection.add_pack("01", "toy", upstream.base, repro=REPRO)
+    assert cli.main(bisect_args(cache, tmp_path, "--bisect-jobs", "2"), layout=collection.layout) == 1
+    rec = record(tmp_path)
+    assert rec["status"] == "stopped" and "both ends give BUG_REPRODUCED" in rec["reason"]
+
+
+def test_bisect_jobs_refuses_timed_packs_and_lone_use(collection, upstream, cache, tmp_path, capsys):
+    collection.add_pack("01", "toy", upstream.base, repro=REPRO)
+    assert cli.main(["--bisect-jobs", "2", "--list"], layout=collection.layout) == cli.EXIT_USAGE
+    assert "only go with --bisect" in capsys.readouterr().err
+    assert cli.main(bisect_args(cache, tmp_path, "--bisect-jobs", "0"), layout=collection.layout) == cli.EXIT_USAGE
+    add_contract(collection, upstream.base, pack_id="02", kind="perf")
+    args = ["--bisect", "02", "--cache-dir", str(cache), "--run-dir", str(tmp_path / "r2"), "--bisect-jobs", "2"]
+    assert cli.main(args, layout=collection.layout) == cli.EXIT_USAGE
+    assert "verdict is a timing" in capsys.readouterr().err

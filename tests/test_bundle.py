@@ -1,12 +1,13 @@
 """Offline bundles: made with a toy wheel (no index needed), verified, and run from with no network."""
 
 import json
+import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from harness import bundle, cli, offline_boot
+from harness import bundle, cli, offline_boot, receipts
 
 
 def toy_wheel(dest: Path, name: str = "toydep", version: str = "1.0") -> Path:
@@ -71,7 +72,8 @@ def test_tampered_bundle_is_refused(collection, upstream, cache, tmp_path, fake_
     collection.add_pack("01", "toy", upstream.base)
     out = tmp_path / "bundle"
     cli.main(["--bundle", str(out), "--pack", "01", "--cache-dir", str(cache)], layout=collection.layout)
-    next((out / "cache").rglob("__init__.py")).write_text("VALUE = 2\n")
+    archive = out / bundle.SOURCES
+    archive.write_bytes(archive.read_bytes() + b"\0")  # a changed source cache
     assert cli.main(["--offline", str(out), "--pack", "01"], layout=collection.layout) == cli.EXIT_USAGE
     assert "changed since bundling" in capsys.readouterr().err
 
@@ -90,3 +92,26 @@ def test_boot_appends_runner_site_after_installed_packages(tmp_path, monkeypatch
 
     assert sys.path[0] == "first" and sys.path[-1].endswith("runner-site")
     assert (Path(sys.path[-1]) / "runnerdep" / "__init__.py").is_file()
+
+
+def test_a_bundle_from_before_the_sources_archive_still_runs(collection, upstream, cache, tmp_path, fake_downloads,
+                                                             monkeypatch):
+    """Bundles made earlier carry the source cache as a plain cache/ folder (and GPU-side kernel caches are
+    keyed to their unpack path): --offline still reads them."""
+    collection.add_pack("01", "toy", upstream.base)
+    out = tmp_path / "bundle"
+    cli.main(["--bundle", str(out), "--pack", "01", "--cache-dir", str(cache)], layout=collection.layout)
+    made = json.loads((out / "bundle.json").read_text())
+    with tarfile.open(out / bundle.SOURCES) as tar:
+        tar.extractall(out / "cache", filter="data")
+    (out / bundle.SOURCES).unlink()
+    del made["sources"], made["files"][bundle.SOURCES]
+    made["files"].update({str(p.relative_to(out)): receipts.sha256_file(p)
+                          for p in sorted((out / "cache").rglob("*")) if p.is_file()})
+    (out / "bundle.json").write_text(json.dumps(made))
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "https://nowhere.invalid/")
+    monkeypatch.setenv("REPRO_OFFLINE_UNPACK", str(tmp_path / "unpacked"))
+    args = ["--offline", str(out), "--pack", "01", "--cache-dir", str(tmp_path / "empty"),
+            "--run-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "r.json")]
+    assert cli.main(args, layout=collection.layout) == cli.EXIT_OK
+    assert json.loads((tmp_path / "r.json").read_text())["packs"][0]["verdict"] == "CONFIRMED"

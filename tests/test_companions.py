@@ -48,16 +48,22 @@ def test_a_companion_with_the_wrong_sha256_is_an_error(collection, upstream, opt
     assert result.verdict == "ERROR" and "widget==1.0" in result.reason and not result.stages
 
 
+def carried_cache(tmp_path, monkeypatch):
+    """The source cache of the bundle at tmp_path/b, as the node unpacks it."""
+    monkeypatch.setenv("REPRO_OFFLINE_UNPACK", str(tmp_path / "node"))
+    return bundle.open_bundle(tmp_path / "b", lambda m: None)[0]
+
+
 def test_a_bundle_carries_the_companion(collection, upstream, cache, index, tmp_path, monkeypatch):  # noqa: F811
     folder = collection.add_pack("01", "toy", upstream.base, repro=REPRO, extra_requires=companion_line(index))
     pack = manifest.load_pack(folder, collection.layout)
     monkeypatch.setattr(bundle, "download_wheels", lambda *a, **k: None)
     monkeypatch.setattr(bundle, "runner_requirements", lambda: [])
-    monkeypatch.setattr(bundle, "pack_tree", lambda tree, archive: archive.write_bytes(b""))
     made = bundle.create([pack], tmp_path / "b", "3.12", ("manylinux",), cache, [], lambda m: None)
     carried = made["packs"]["01-toy"]
     assert [e["companion"] for e in carried] == [False, True]
-    assert (tmp_path / "b" / "cache" / carried[1]["entry"] / "tree" / "src" / "widget" / "__init__.py").is_file()
+    entry = carried_cache(tmp_path, monkeypatch) / carried[1]["entry"]
+    assert (entry / "tree" / "src" / "widget" / "__init__.py").is_file()
 
 
 def test_a_bundle_carries_only_a_companions_import_paths(collection, upstream, cache, index, tmp_path,  # noqa: F811
@@ -67,13 +73,13 @@ def test_a_bundle_carries_only_a_companions_import_paths(collection, upstream, c
     pack = manifest.load_pack(folder, collection.layout)
     monkeypatch.setattr(bundle, "download_wheels", lambda *a, **k: None)
     monkeypatch.setattr(bundle, "runner_requirements", lambda: [])
-    monkeypatch.setattr(bundle, "pack_tree", lambda tree, archive: archive.write_bytes(b""))
     made = bundle.create([pack], tmp_path / "b", "3.12", ("manylinux",), cache, [], lambda m: None)
-    entry = tmp_path / "b" / "cache" / made["packs"]["01-toy"][1]["entry"]
+    unpacked = carried_cache(tmp_path, monkeypatch)
+    entry = unpacked / made["packs"]["01-toy"][1]["entry"]
     assert (entry / "tree" / "src" / "widget" / "__init__.py").is_file() and (entry / "source.json").is_file()
     assert not (entry / "tree" / "PKG-INFO").exists(), "the rest of the sdist stays behind"
     assert made["companion_trees_cut_to"] == {made["packs"]["01-toy"][1]["entry"]: ["src"]}
-    target = tmp_path / "b" / "cache" / made["packs"]["01-toy"][0]["entry"]
+    target = unpacked / made["packs"]["01-toy"][0]["entry"]
     assert target.name not in made["companion_trees_cut_to"] and any(target.rglob("*.py")), "the target is whole"
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from harness import bundle, manifest, markdown, reports, wheelsite
 
-from .conftest import run, sh
+from .conftest import git_commit, run, sh
 
 REPRO = """\
 import json
@@ -136,3 +136,22 @@ def test_wheel_sites_are_cached_by_pins(tmp_path, monkeypatch):
     other = wheelsite.site(("a==2",), (), tmp_path, "3.11", lambda m: None)
     assert first == again != other and calls == [["a==1"], ["a==2"]]
     assert first[0].is_dir() and not (first[0].parent / "wheels").exists()
+
+
+def test_a_bundle_for_main_leaves_out_what_cannot_run_there(collection, upstream, cache, tmp_path, monkeypatch):
+    """--bundle-ref main: a compiler pack is SKIPPED at main, so main's tree is not carried; and a ref whose
+    tree lacks the pack's source paths is left out with a line instead of failing the whole bundle."""
+    pack = manifest.load_pack(compiler_pack(collection, upstream), collection.layout)
+    (upstream.path / "docs.txt").unlink()
+    git_commit(upstream.path, "docs.txt moved away on main")
+    plain = manifest.load_pack(collection.add_pack("01", "gone", upstream.base,
+                                                   source='[source]\npaths = ["src", "docs.txt"]'), collection.layout)
+    monkeypatch.setattr(bundle, "runner_requirements", lambda: [])
+    monkeypatch.setattr(bundle, "download_wheels", lambda specs, dest, *a: dest.mkdir(parents=True))
+    monkeypatch.setattr(bundle, "unpack_wheels", lambda w, tree, prune: tree.mkdir(parents=True) or [])
+    said: list[str] = []
+    made = bundle.create([pack, plain], tmp_path / "b", "3.12", ("manylinux",), cache, ["main"], said.append)
+    assert [e["ref"] for e in made["packs"][pack.name]] == ["v1.0"], "the compiler pack: its base only"
+    assert any(f"{pack.name}: not carrying main: a compiler pack" in line for line in said)
+    assert any(f"{plain.name}: not carrying main" in line and "docs.txt" in line for line in said)
+    assert [e["ref"] for e in made["packs"][plain.name]] == ["v1.0"]

@@ -32,6 +32,8 @@ from .wheels import DEFAULT_PLATFORMS, download_wheels, unpack_wheels  # noqa: F
 
 Progress = Callable[[str], None]
 PACKS_SITE, RUNNER_SITE, SOURCES = "packs-site.tar.xz", "runner-site.tar.xz", "sources.tar.xz"
+
+
 class BundleError(Exception):
     pass
 
@@ -104,9 +106,10 @@ def _companion_keep(pack: Pack) -> list[frozenset[str] | None]:
     return [None if "." in c.import_paths else frozenset(c.import_paths) for c in pack.companions]
 
 
-def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...], cache: Path,
-           refs: list[str], progress: Progress) -> dict:
-    dest.mkdir(parents=True, exist_ok=True)
+def _carry_sources(packs: list[Pack], dest: Path, cache: Path, refs: list[str],
+                   progress: Progress) -> tuple[dict[str, list[dict]], dict[str, list[str]]]:
+    """Write dest/SOURCES: every pack's base, its trees at `refs` and its companions, from the pristine
+    cache. Returns (each pack's carried entries, the companion entries cut to their import paths)."""
     for old in (dest / "cache", dest / "sources"):  # an earlier bundle's plain cache, or a cut-off one's staging
         if old.exists():
             sources.remove_tree(old)
@@ -132,12 +135,9 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
         carried += list(zip(companions.acquire(pack, cache, progress), [True] * len(pack.companions),
                             _companion_keep(pack), strict=True))
         for src, companion, keep in carried:
-            entry = src.tree.parent
-            if entry in carry:
-                before = carry[entry]
-                carry[entry] = None if before is None or keep is None else before | keep
-            else:
-                carry[entry] = None if not companion else keep
+            entry = src.tree.parent  # a target's keep is None: it travels whole
+            before = carry.get(entry, keep)
+            carry[entry] = None if before is None or keep is None else before | keep
             entries[pack.name].append({"kind": src.kind, "ref": src.ref, "commit": src.commit, "sdist": src.sdist,
                                        "entry": str(entry.relative_to(cache)), "companion": companion})
         refs_file = cache / "refs" / f"{pack.repo.replace('/', '+')}.json"
@@ -150,12 +150,19 @@ def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...
         rel = _copy_entry(entry, cache, dest_cache, keep)
         if keep is not None:
             pruned_companions[rel] = sorted(keep)
-    # Python sources compress about 8x (the Megatron trees of eight packs at base and main: 50 MiB, 6 MiB
+    # Python sources compress well (the Megatron trees of eight packs at base and main: 50 MiB, 2.3 MB
     # as xz), and the GPU node's carry is 64 MiB: the source cache travels as one archive.
     progress("packing the source cache (xz -9)")
     dest_cache.mkdir(exist_ok=True)
     pack_tree(dest_cache, dest / SOURCES)
     sources.remove_tree(dest_cache)
+    return entries, pruned_companions
+
+
+def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...], cache: Path,
+           refs: list[str], progress: Progress) -> dict:
+    dest.mkdir(parents=True, exist_ok=True)
+    entries, pruned_companions = _carry_sources(packs, dest, cache, refs, progress)
 
     work = Path(tempfile.mkdtemp(prefix="bundle-", dir=dest))
     try:

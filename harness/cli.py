@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="find the upstream commit between the pack's base and main (or --upstream REF) "
                       "where its reproducer stops (or starts) printing BUG_REPRODUCED")
     what.add_argument("--bisect-from", metavar="REF",
-                      help="with --bisect: start from this upstream ref instead of the pinned base")
+                      help="with --bisect or --bundle-bisect: start from this upstream ref instead of the pinned "
+                      "base (a base on a release branch is no ancestor of main)")
     what.add_argument("--bisect-jobs", type=int, default=1, metavar="J",
                       help="with --bisect: test J commits side by side per round (a (J+1)-ary search); for "
                       "reproducers that spend their time compiling, not for timed verdicts")
@@ -97,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --bundle: also carry the sources at this upstream ref (repeatable)")
     off.add_argument("--offline", type=Path, metavar="DIR", help="run from a bundle made by --bundle, no network")
     off.add_argument("--bundle-bisect", action="store_true",
-                     help="with --bundle: also carry each pack's first-parent history from its base to main "
-                     "(or --upstream REF), trimmed to [source].paths, for --bisect on the node")
+                     help="with --bundle: also carry each pack's first-parent history from its base (or "
+                     "--bisect-from REF) to main (or --upstream REF), trimmed to [source].paths, for --bisect on "
+                     "the node")
     return p
 
 
@@ -116,8 +118,9 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
             except ContainerError as exc:
                 err.print(f"[red]error:[/] {escape(str(exc))}")
                 return EXIT_USAGE
-        if not args.bisect and (args.bisect_from or args.bisect_jobs != 1):
-            err.print("[red]error:[/] --bisect-from and --bisect-jobs only go with --bisect NN")
+        if not args.bisect and (args.bisect_jobs != 1 or (args.bisect_from and not args.bundle_bisect)):
+            err.print("[red]error:[/] --bisect-jobs only goes with --bisect NN, --bisect-from with --bisect NN "
+                      "or --bundle-bisect")
             return EXIT_USAGE
         if args.lint:
             return _lint(layout, console)
@@ -181,16 +184,11 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
     )
     results = _run_all(packs, opts, args, progress)
 
-    reports.print_table(results, console)
-    if args.json:
-        reports.write_json(results, args.json, {"argv": argv, "upstream": args.upstream, "check": args.check})
-    if args.junit:
-        reports.write_junit(results, args.junit)
-    if args.markdown:
-        title = f"upstream-repro: {args.upstream or 'pinned bases'}" + (" (--check)" if args.check else "")
-        if args.jobs > 1:
-            title += f" ({args.jobs} packs side by side: timings were taken on a shared machine)"
-        args.markdown.write_text(markdown.results_table(list(zip(packs, results, strict=True)), title))
+    title = f"upstream-repro: {args.upstream or 'pinned bases'}" + (" (--check)" if args.check else "")
+    if args.jobs > 1:
+        title += f" ({args.jobs} packs side by side: timings were taken on a shared machine)"
+    _write_outputs(args, packs, results, {"argv": argv, "upstream": args.upstream, "check": args.check}, title,
+                   console)
     if args.receipt:
         for pack, result in zip(packs, results, strict=True):
             try:
@@ -199,6 +197,22 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
                 console.print(f"receipt written: {path.relative_to(layout.root)}")
             except receipts.ReceiptError as exc:
                 err.print(f"[yellow]no receipt:[/] {exc}")
+    return _exit_code(args, results, console, err)
+
+
+def _write_outputs(args, packs, results, meta: dict, title: str, console: Console) -> None:
+    """The table on the console, and --json / --junit / --markdown where asked for."""
+    reports.print_table(results, console)
+    if args.json:
+        reports.write_json(results, args.json, meta)
+    if args.junit:
+        reports.write_junit(results, args.junit)
+    if args.markdown:
+        args.markdown.write_text(markdown.results_table(list(zip(packs, results, strict=True)), title))
+
+
+def _exit_code(args, results, console: Console, err: Console) -> int:
+    """0 when every verdict is the expected one (and, with --compare, no state changed unexpectedly)."""
     bad = [r for r in results if not r.as_expected and (r.verdict != verdicts.SKIPPED or args.strict)]
     if args.compare:
         changed, news = compare.changes(compare.previous_verdicts(args.compare), results)
@@ -225,17 +239,10 @@ def _merge(args, layout: Layout, console: Console, err: Console) -> int:
     except (merge.MergeError, manifest.ManifestError) as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         return EXIT_USAGE
-    reports.print_table(results, console)
-    if args.json:
-        reports.write_json(results, args.json, meta)
-    if args.junit:
-        reports.write_junit(results, args.junit)
-    if args.markdown:
-        title = f"upstream-repro: {meta['upstream'] or 'pinned bases'} (merged from {len(args.merge)} runs: " + \
-            ", ".join(p["file"] for p in meta["merged_from"]) + ")"
-        args.markdown.write_text(markdown.results_table(list(zip(packs, results, strict=True)), title))
-    bad = [r for r in results if not r.as_expected and (r.verdict != verdicts.SKIPPED or args.strict)]
-    return EXIT_UNEXPECTED if bad else EXIT_OK
+    title = (f"upstream-repro: {meta['upstream'] or 'pinned bases'} (merged from {len(args.merge)} runs: "
+             + ", ".join(p["file"] for p in meta["merged_from"]) + ")")
+    _write_outputs(args, packs, results, meta, title, console)
+    return _exit_code(args, results, console, err)
 
 
 def _run_all(packs, opts: RunOptions, args, progress) -> list:
@@ -266,7 +273,8 @@ def _run_one(pack, opts: RunOptions, args, progress):
 def _bundle(args, packs, cache_dir: Path, progress, console: Console, err: Console) -> int:
     try:
         for pack in packs if args.bundle_bisect else []:  # history/ first: bundle.json hashes it too
-            index = bundle_history(pack, args.bundle.resolve(), args.upstream or "main", cache_dir, progress)
+            index = bundle_history(pack, args.bundle.resolve(), args.upstream or "main", cache_dir, progress,
+                                   args.bisect_from)
             console.print(f"{pack.name}: history of the base and {len(index['commits']) - 1} first-parent commits, "
                           f"{index['bundle_bytes'] / 2**20:.2f} MiB (history/{index['bundle']})")
         made = bundle.create(packs, args.bundle.resolve(), args.python,

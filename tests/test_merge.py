@@ -31,6 +31,15 @@ def test_parts_merge_into_one_report(collection, upstream, cache, tmp_path):
     suite = ET.parse(tmp_path / "m.xml").getroot()
     assert suite.get("tests") == "2" and suite.get("failures") == "1"
     assert "merged from 2 runs: a.json, b.json" in (tmp_path / "m.md").read_text()
+    # a nightly in parts compares with the previous night as a single run would
+    prev = json.loads((tmp_path / "m.json").read_text())
+    prev["packs"][0]["verdict"] = "CONFIRMED"
+    (tmp_path / "prev.json").write_text(json.dumps(prev))
+    again = ["--merge", a, "--json", str(tmp_path / "m2.json"), "--compare", str(tmp_path / "prev.json")]
+    assert cli.main(again, layout=collection.layout) == cli.EXIT_OK, "CONFIRMED -> FIXED_UPSTREAM is news"
+    prev["packs"][0]["verdict"] = "FIX_FAILED"
+    (tmp_path / "prev.json").write_text(json.dumps(prev))
+    assert cli.main(again, layout=collection.layout) == cli.EXIT_UNEXPECTED
 
 
 def test_a_pack_in_two_parts_is_refused(collection, upstream, cache, tmp_path, capsys):

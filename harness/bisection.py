@@ -26,7 +26,6 @@ verdict is a timing (kind "perf") must not share the machine, and is refused.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -181,10 +180,8 @@ def _search(pack: Pack, chain: list[Commit], tree_for, opts: pipeline.RunOptions
         acquired = companions.acquire(pack, opts.cache_dir, say)
         opts = replace(opts, companion_roots=companions.import_roots(pack, acquired))
 
-    lock = threading.Lock()
-
     def one_tree_at_a_time(commit: Commit) -> sources.Source:
-        with lock:  # trees come out of one git dir (and its fetches); only the reproducer runs side by side
+        with pipeline.CACHE_LOCK:  # trees come out of one git dir into the cache; only reproducers run side by side
             return tree_for(commit)
 
     def test(position: int, old_sentinel: str | None) -> Tested:
@@ -400,8 +397,9 @@ def _online(pack: Pack, args, cache: Path, progress: Progress):
 
 def _offline(pack: Pack, args, opts: pipeline.RunOptions, progress: Progress):
     where = args.offline.resolve()
-    _, extra_path, made = bundle.open_bundle(where, progress)  # checks every file's sha256, history included
+    cache, extra_path, made = bundle.open_bundle(where, progress)  # checks every file's sha256, history included
     opts.extra_pythonpath = extra_path
+    opts.cache_dir = cache  # companions come from the bundle's source cache, as in an --offline run
     opts.bundle = bundle.run_record(where, made)
     index = history.read_bundle_index(where, pack)
     chain = history.bundled_chain(index)

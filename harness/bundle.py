@@ -32,6 +32,8 @@ from .wheels import DEFAULT_PLATFORMS, download_wheels, unpack_wheels  # noqa: F
 
 Progress = Callable[[str], None]
 PACKS_SITE, RUNNER_SITE, SOURCES = "packs-site.tar.xz", "runner-site.tar.xz", "sources.tar.xz"
+
+
 class BundleError(Exception):
     pass
 
@@ -133,12 +135,9 @@ def _carry_sources(packs: list[Pack], dest: Path, cache: Path, refs: list[str],
         carried += list(zip(companions.acquire(pack, cache, progress), [True] * len(pack.companions),
                             _companion_keep(pack), strict=True))
         for src, companion, keep in carried:
-            entry = src.tree.parent
-            if entry in carry:
-                before = carry[entry]
-                carry[entry] = None if before is None or keep is None else before | keep
-            else:
-                carry[entry] = None if not companion else keep
+            entry = src.tree.parent  # a target's keep is None: it travels whole
+            before = carry.get(entry, keep)
+            carry[entry] = None if before is None or keep is None else before | keep
             entries[pack.name].append({"kind": src.kind, "ref": src.ref, "commit": src.commit, "sdist": src.sdist,
                                        "entry": str(entry.relative_to(cache)), "companion": companion})
         refs_file = cache / "refs" / f"{pack.repo.replace('/', '+')}.json"

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="find the upstream commit between the pack's base and main (or --upstream REF) "
                       "where its reproducer stops (or starts) printing BUG_REPRODUCED")
     what.add_argument("--bisect-from", metavar="REF",
-                      help="with --bisect: start from this upstream ref instead of the pinned base")
+                      help="with --bisect or --bundle-bisect: start from this upstream ref instead of the pinned "
+                      "base (a base on a release branch is no ancestor of main)")
     what.add_argument("--bisect-jobs", type=int, default=1, metavar="J",
                       help="with --bisect: test J commits side by side per round (a (J+1)-ary search); for "
                       "reproducers that spend their time compiling, not for timed verdicts")
@@ -97,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --bundle: also carry the sources at this upstream ref (repeatable)")
     off.add_argument("--offline", type=Path, metavar="DIR", help="run from a bundle made by --bundle, no network")
     off.add_argument("--bundle-bisect", action="store_true",
-                     help="with --bundle: also carry each pack's first-parent history from its base to main "
-                     "(or --upstream REF), trimmed to [source].paths, for --bisect on the node")
+                     help="with --bundle: also carry each pack's first-parent history from its base (or "
+                     "--bisect-from REF) to main (or --upstream REF), trimmed to [source].paths, for --bisect on "
+                     "the node")
     return p
 
 
@@ -116,8 +118,9 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
             except ContainerError as exc:
                 err.print(f"[red]error:[/] {escape(str(exc))}")
                 return EXIT_USAGE
-        if not args.bisect and (args.bisect_from or args.bisect_jobs != 1):
-            err.print("[red]error:[/] --bisect-from and --bisect-jobs only go with --bisect NN")
+        if not args.bisect and (args.bisect_jobs != 1 or (args.bisect_from and not args.bundle_bisect)):
+            err.print("[red]error:[/] --bisect-jobs only goes with --bisect NN, --bisect-from with --bisect NN "
+                      "or --bundle-bisect")
             return EXIT_USAGE
         if args.lint:
             return _lint(layout, console)
@@ -270,7 +273,8 @@ def _run_one(pack, opts: RunOptions, args, progress):
 def _bundle(args, packs, cache_dir: Path, progress, console: Console, err: Console) -> int:
     try:
         for pack in packs if args.bundle_bisect else []:  # history/ first: bundle.json hashes it too
-            index = bundle_history(pack, args.bundle.resolve(), args.upstream or "main", cache_dir, progress)
+            index = bundle_history(pack, args.bundle.resolve(), args.upstream or "main", cache_dir, progress,
+                                   args.bisect_from)
             console.print(f"{pack.name}: history of the base and {len(index['commits']) - 1} first-parent commits, "
                           f"{index['bundle_bytes'] / 2**20:.2f} MiB (history/{index['bundle']})")
         made = bundle.create(packs, args.bundle.resolve(), args.python,

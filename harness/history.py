@@ -244,20 +244,24 @@ def _online(repo: str, paths: tuple[str, ...], commits: list[str], cache: Path, 
 # ---------------------------------------------------------------- bundles
 
 
-def bundle_history(pack: Pack, dest: Path, far_ref: str, cache: Path, progress: Progress) -> dict:
+def bundle_history(pack: Pack, dest: Path, far_ref: str, cache: Path, progress: Progress,
+                   old_ref: str | None = None) -> dict:
     """Write history/<pack>.bundle and history/<pack>.json into the bundle folder dest: the compact
-    first-parent history from the pack's base to far_ref. Returns the index (also written)."""
+    first-parent history from the pack's base (or old_ref: a base on a release branch is no ancestor of
+    main, so its bisect starts where that branch left main) to far_ref. Returns the index (also written)."""
     far, how = sources.resolve_ref(pack.repo, far_ref, cache, progress)
-    history = online(pack.repo, pack.source_paths, [pack.base_commit, far], cache, progress)
+    old = sources.resolve_ref(pack.repo, old_ref, cache, progress)[0] if old_ref else pack.base_commit
+    history = online(pack.repo, pack.source_paths, [old, far], cache, progress)
     try:
-        return _write_bundle_history(pack, history, dest, far_ref, far, how, progress)
+        return _write_bundle_history(pack, history, dest, {"ref": old_ref or pack.base_ref, "commit": old},
+                                     far_ref, far, how, progress)
     except GitError as exc:
         raise sources.from_git_error(exc, f"{pack.name}: the bundled history") from exc
 
 
-def _write_bundle_history(pack: Pack, history: History, dest: Path, far_ref: str, far: str, how: str,
-                          progress: Progress) -> dict:
-    chain = history.chain(pack.base_commit, far)
+def _write_bundle_history(pack: Pack, history: History, dest: Path, old: dict[str, str], far_ref: str, far: str,
+                          how: str, progress: Progress) -> dict:
+    chain = history.chain(old["commit"], far)
     progress(f"{pack.name}: carrying {len(chain)} first-parent commits {chain[0].sha[:12]}..{far[:12]} "
              f"trimmed to {', '.join(pack.source_paths) or 'the whole tree'}")
     folder = dest / HISTORY_DIR
@@ -265,7 +269,7 @@ def _write_bundle_history(pack: Pack, history: History, dest: Path, far_ref: str
     mapping = history.write_compact(chain, bundle_file, progress)
     index = {
         "pack": pack.name, "repo": pack.repo, "paths": list(pack.source_paths),
-        "old": {"ref": pack.base_ref, "commit": pack.base_commit},
+        "old": old,
         "new": {"ref": far_ref, "commit": far, "resolution": how},
         "bundle": bundle_file.name, "bundle_bytes": bundle_file.stat().st_size,
         "commits": [{**c.record(), "compact": mapping[c.sha]} for c in chain],

@@ -136,16 +136,11 @@ def run_pack(pack: Pack, opts: RunOptions, progress: Progress) -> PackResult:
 
 
 # --jobs runs packs in threads; the pristine cache (sources, companions, wheel sites) is written one
-# acquisition at a time, and only the reproducers run side by side.
+# acquisition at a time (--bisect-jobs writes its trees under it too), and only the reproducers run side by side.
 CACHE_LOCK = threading.RLock()
 
 
 def _acquire(pack: Pack, opts: RunOptions, say: Progress) -> sources.Source:
-    with CACHE_LOCK:
-        return _acquire_unlocked(pack, opts, say)
-
-
-def _acquire_unlocked(pack: Pack, opts: RunOptions, say: Progress) -> sources.Source:
     if opts.source_dir:
         return sources.acquire_local(pack.repo, opts.source_dir)
     if opts.upstream_ref == LATEST_RELEASE:
@@ -171,7 +166,8 @@ def _run(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: Path, say: 
             f"{opts.upstream_ref} has no release the pack names (only {pack.compiler.fixed_release}), and a source "
             f"build of the compiler is not done here")
     t = time.monotonic()
-    source = _acquire(pack, opts, say)
+    with CACHE_LOCK:
+        source = _acquire(pack, opts, say)
     result.source = source.record()
     result.commit = source.commit
     result.durations["acquire_s"] = round(time.monotonic() - t, 2)

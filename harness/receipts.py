@@ -40,23 +40,27 @@ def sha256_file(path: Path) -> str | None:
     return h.hexdigest()
 
 
-def manifest_digest(path: Path) -> str:
-    """sha256 of pack.toml without its [report] table and without the `stack = ...` line of [requires]:
-    how results are shown does not change what was measured, so editing it must not make a receipt stale.
-    Neither does the stack: it names the container `--docker` runs the pack in (how to run it), not what
-    the pack claims or what a run measured, and a receipt records the environment that actually ran
-    (Python, torch, triton, tilelang, GPU) whatever started it. So naming or changing a pack's stack keeps
-    its receipts current; the line must stay on one line for that (the schema allows only a plain name).
-    The same holds for `exclusive = ...` in [run] (scheduling under --jobs; the receipt records the jobs).
-    Without any of these, the file's own sha256."""
+def manifest_digest(path: Path, *, with_expect: bool = False) -> str:
+    """sha256 of pack.toml without its [report] and [expect] tables and without the `stack = ...` line of
+    [requires]: how results are shown does not change what was measured, so editing it must not make a
+    receipt stale. Nor does [expect]: it forecasts the verdict at each upstream ref (and changes when
+    upstream fixes or breaks something), while a receipt records the verdict measured. Nor does the stack:
+    it names the container `--docker` runs the pack in (how to run it), not what the pack claims or what a
+    run measured, and a receipt records the environment that actually ran (Python, torch, triton,
+    tilelang, GPU) whatever started it. So naming or changing a pack's stack keeps its receipts current;
+    the line must stay on one line for that (the schema allows only a plain name). The same holds for
+    `exclusive = ...` in [run] (scheduling under --jobs; the receipt records the jobs). Without any of
+    these, the file's own sha256. `with_expect` keeps [expect]: receipts written before it was left out
+    (2026-11-23) hold that digest."""
+    dropped = {b"report"} if with_expect else {b"report", b"expect"}
     kept, skipping, table = [], False, b""
     for line in path.read_bytes().splitlines(keepends=True):
         header = re.match(rb"^\s*\[([^\]]+)\]\s*(#.*)?$", line)
         if header:
             table = header.group(1).strip()
-            skipping = table == b"report"
+            skipping = table in dropped
             if skipping and kept and not kept[-1].strip():
-                kept.pop()  # the one blank line that separates [report] from what precedes it
+                kept.pop()  # the one blank line that separates a dropped table from what precedes it
         if table == b"requires" and re.match(rb"""^\s*["']?stack["']?\s*=""", line):
             continue
         if table == b"run" and re.match(rb"""^\s*["']?exclusive["']?\s*=""", line):
@@ -64,6 +68,13 @@ def manifest_digest(path: Path) -> str:
         if not skipping:
             kept.append(line)
     return hashlib.sha256(b"".join(kept)).hexdigest()
+
+
+def _manifest_current(recorded: str | None, path: Path) -> bool:
+    """A receipt's pack.toml digest matches today's rule, or the older rule that still hashed [expect]:
+    a receipt written under that rule stays current while the file, [expect] included, is unchanged, or
+    when the only change is an [expect] table added where there was none (both digests then agree)."""
+    return recorded in (manifest_digest(path), manifest_digest(path, with_expect=True))
 
 
 def harness_digest() -> str:
@@ -157,7 +168,9 @@ def validate(receipt: dict[str, Any], where: Path) -> None:
 def stale_files(receipt: dict[str, Any], pack: Pack) -> list[str]:
     """Files whose current hash differs from the receipt's."""
     now = current_hashes(pack)
-    return [name for name, digest in now.items() if receipt["hashes"].get(name) != digest]
+    return [name for name, digest in now.items()
+            if not (_manifest_current(receipt["hashes"].get(name), pack.manifest_path) if name == "pack.toml"
+                    else receipt["hashes"].get(name) == digest)]
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def is_unreachable(exc: Exception) -> bool:
     return isinstance(exc, GitError) and any(sign in exc.stderr for sign in UNREACHABLE)
 
 
-def from_git_error(exc: GitError, what: str) -> SourceError:
+def from_git_error(exc: Exception, what: str) -> SourceError:
     """`what` failed with exc: SourceUnreachable when the remote cannot be reached, else SourceError."""
     return (SourceUnreachable if is_unreachable(exc) else SourceError)(f"{what}: {exc}")
 
@@ -192,8 +192,7 @@ def acquire_git(repo: str, ref: str, commit: str, resolution: str, paths: tuple[
                 raise SourceError(f"{repo}@{commit[:12]}: source path '{p}' does not exist at that commit")
     except (GitError, OSError) as exc:
         remove_tree(staging)
-        raise (SourceUnreachable if is_unreachable(exc) else SourceError)(
-            f"git clone of {url} at {commit[:12]} failed: {exc}") from exc
+        raise from_git_error(exc, f"git clone of {url} at {commit[:12]} failed") from exc
     except SourceError:
         remove_tree(staging)
         raise

@@ -20,7 +20,6 @@ Progress = Callable[[str], None]
 DEFAULT_PLATFORMS = ("manylinux2014_x86_64", *(f"manylinux_2_{n}_x86_64" for n in range(17, 40)), "linux_x86_64")
 
 
-
 class WheelError(Exception):
     pass
 

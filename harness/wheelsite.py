@@ -31,7 +31,7 @@ def site(pins: tuple[str, ...], prune: tuple[str, ...], cache: Path, version: st
     name = key(pins, prune, version)
     if archives and name in archives:
         progress(f"{', '.join(pins)}: unpacking the bundle's wheel set")
-        return [offline_boot.unpack(bundle, archive) for bundle, archive in archives[name]]
+        return [_one_tree(name, archives[name])]
     entry = cache / "wheels" / name
     if (entry / "done").is_file():
         progress(f"{', '.join(pins)}: unpacked wheels from cache")
@@ -49,3 +49,35 @@ def site(pins: tuple[str, ...], prune: tuple[str, ...], cache: Path, version: st
     shutil.rmtree(entry, ignore_errors=True)
     staging.rename(entry)
     return [entry / "site"]
+
+
+def _one_tree(name: str, parts: list[tuple[Path, str]]) -> Path:
+    """The bundle's archives of one wheel set unpacked into one tree, as pip would install them: their
+    shared libraries find each other through relative RUNPATHs (tilelang 0.1.8's libtvm needs
+    `$ORIGIN/../../z3/lib`), so the pins a bundle packs apart to share between sets must end up siblings
+    again. Unpacked once per bundle; later calls reuse it."""
+    target = offline_boot.unpack_dir(parts[0][0]) / f"wheelset-{name}"
+    done = target.with_name(target.name + ".done")
+    if done.is_file():
+        return target
+    shutil.rmtree(target, ignore_errors=True)  # an unpack that was cut off
+    target.mkdir(parents=True)
+    for bundle, archive in parts:
+        _merge(offline_boot.unpack(bundle, archive), target)
+    done.write_text("ok\n")
+    return target
+
+
+def _merge(part: Path, target: Path) -> None:
+    """Copy the tree `part` into `target`; folders both hold are merged, a file both hold is an error
+    (two wheels of one set never ship the same file)."""
+    for entry in part.iterdir():
+        dest = target / entry.name
+        if entry.is_dir() and dest.is_dir():
+            _merge(entry, dest)
+        elif dest.exists():
+            raise SourceError(f"wheel set: {dest.relative_to(target)} comes from two of its archives")
+        elif entry.is_dir():
+            shutil.copytree(entry, dest)
+        else:
+            shutil.copy2(entry, dest)

@@ -13,7 +13,9 @@ from harness import bisection, cli
 from harness.bisection import NEW, OLD, SKIP, bounds, next_probe
 
 from .conftest import git_commit, sh
+from .test_companions import companion_line
 from .test_contract import add_contract
+from .test_sources import index  # noqa: F401 - the loopback package index serving widget-1.0.tar.gz
 
 # The reproducer reads VALUE: < 2 is the bug, >= 2 the fix, None says INCONCLUSIVE.
 REPRO = """\
@@ -241,19 +243,19 @@ def test_bundle_then_bisect_offline(collection, upstream, history, cache, tmp_pa
     made = ["--bundle", str(out), "--pack", "01", "--bundle-bisect", "--cache-dir", str(cache)]
     assert cli.main(made, layout=collection.layout) == cli.EXIT_OK
     assert "history of the base and 7 first-parent commits" in capsys.readouterr().out
-    index = json.loads((out / "history" / "01-toy.json").read_text())
-    assert [c["sha"] for c in index["commits"]] == chain
+    hist = json.loads((out / "history" / "01-toy.json").read_text())
+    assert [c["sha"] for c in hist["commits"]] == chain
     assert "history/01-toy.bundle" in json.loads((out / "bundle.json").read_text())["files"], "hashed"
     listing = subprocess.run(["git", "bundle", "list-heads", str(out / "history" / "01-toy.bundle")],
                              capture_output=True, text=True, check=True).stdout
-    assert index["commits"][-1]["compact"] in listing
+    assert hist["commits"][-1]["compact"] in listing
     node = tmp_path / "node.git"
     sh("git", "init", "-q", "--bare", str(node), cwd=tmp_path)
     sh("git", "--git-dir", str(node), "fetch", "-q", str(out / "history" / "01-toy.bundle"), "+refs/*:refs/*",
        cwd=tmp_path)
-    messages = sh("git", "--git-dir", str(node), "log", "--format=%B", index["commits"][-1]["compact"], cwd=tmp_path)
+    messages = sh("git", "--git-dir", str(node), "log", "--format=%B", hist["commits"][-1]["compact"], cwd=tmp_path)
     assert all(f"Upstream-Commit: {sha}" in messages for sha in chain), "each compact commit names its original"
-    files = sh("git", "--git-dir", str(node), "ls-tree", "-r", "--name-only", index["commits"][-1]["compact"],
+    files = sh("git", "--git-dir", str(node), "ls-tree", "-r", "--name-only", hist["commits"][-1]["compact"],
                cwd=tmp_path)
     assert files.split() == ["src/widget/__init__.py"], "only [source].paths are carried"
 
@@ -365,9 +367,50 @@ def test_side_by_side_ends_that_agree_still_stop(collection, upstream, history, 
 def test_bisect_jobs_refuses_timed_packs_and_lone_use(collection, upstream, cache, tmp_path, capsys):
     collection.add_pack("01", "toy", upstream.base, repro=REPRO)
     assert cli.main(["--bisect-jobs", "2", "--list"], layout=collection.layout) == cli.EXIT_USAGE
-    assert "only go with --bisect" in capsys.readouterr().err
+    assert "--bisect-jobs only goes with --bisect" in capsys.readouterr().err
     assert cli.main(bisect_args(cache, tmp_path, "--bisect-jobs", "0"), layout=collection.layout) == cli.EXIT_USAGE
     add_contract(collection, upstream.base, pack_id="02", kind="perf")
     args = ["--bisect", "02", "--cache-dir", str(cache), "--run-dir", str(tmp_path / "r2"), "--bisect-jobs", "2"]
     assert cli.main(args, layout=collection.layout) == cli.EXIT_USAGE
     assert "verdict is a timing" in capsys.readouterr().err
+
+
+REPRO_WITH_COMPANION = """\
+import json, widget
+import src.widget as companion
+v = widget.VALUE
+print("EVIDENCE " + json.dumps({"value": v, "companion_value": companion.VALUE}))
+print("FIX_VALIDATED" if v >= 2 else "BUG_REPRODUCED")
+"""
+
+
+def test_bundled_history_from_another_start_and_a_companion_from_the_bundle(  # noqa: PLR0913
+        collection, upstream, history, cache, tmp_path, no_wheels, monkeypatch, capsys, index):  # noqa: F811
+    """A base on a release branch is no ancestor of main, so --bundle-bisect takes --bisect-from (a main
+    commit) as the history's start; on the node the pack's companion comes from the bundle, not the index."""
+    chain = history(["bug", "bug", "bug", "fix"])
+    sh("git", "tag", "fork", chain[1], cwd=upstream.path)
+    collection.add_pack("01", "toy", upstream.base, repro=REPRO_WITH_COMPANION, source='[source]\npaths = ["src"]',
+                        extra_requires=companion_line(index))
+    out = tmp_path / "bundle"
+    made = ["--bundle", str(out), "--pack", "01", "--bundle-bisect", "--bisect-from", "fork", "--cache-dir", str(cache)]
+    assert cli.main(made, layout=collection.layout) == cli.EXIT_OK
+    index_file = json.loads((out / "history" / "01-toy.json").read_text())
+    assert index_file["old"] == {"ref": "fork", "commit": chain[1]}
+    assert [c["sha"] for c in index_file["commits"]] == chain[1:]
+
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "https://nowhere.invalid/")
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # the node reaches no index
+    monkeypatch.setenv("REPRO_OFFLINE_UNPACK", str(tmp_path / "unpacked"))
+    args = ["--offline", str(out), "--bisect", "01", "--cache-dir", str(tmp_path / "empty-cache"),
+            "--run-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "b.json")]
+    assert cli.main(args, layout=collection.layout) == cli.EXIT_OK, capsys.readouterr().err
+    rec = record(tmp_path)
+    assert rec["old"] == {"ref": "fork", "commit": chain[1]} and rec["found"]["sha"] == chain[4]
+    assert all(t["evidence"]["companion_value"] == 1 for t in rec["tested"])
+
+
+def test_bisect_from_goes_with_bisect_or_bundle_bisect_only(collection, upstream, capsys):
+    collection.add_pack("01", "toy", upstream.base, repro=REPRO)
+    assert cli.main(["--pack", "01", "--bisect-from", "v1"], layout=collection.layout) == cli.EXIT_USAGE
+    assert "--bundle-bisect" in capsys.readouterr().err

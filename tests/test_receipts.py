@@ -51,6 +51,25 @@ def test_stale_receipt_is_detected(collection, upstream):
     assert receipts.stale_files(receipt, pack) == ["repro.py"]
 
 
+def test_expect_table_is_a_forecast_not_a_measurement(collection, upstream):
+    folder = collection.add_pack("01", "toy", upstream.base)
+    path = folder / "pack.toml"
+    pack = manifest.load_pack(folder, collection.layout)
+    # A receipt from before [expect] left the digest, for a manifest without [expect]:
+    older = {"hashes": {**receipts.current_hashes(pack), "pack.toml": receipts.manifest_digest(path, with_expect=True)}}
+    path.write_text(path.read_text() + '\n[expect]\nmain = "FIXED_UPSTREAM"\n')
+    assert receipts.stale_files(older, pack) == [], "adding a forecast changes nothing measured"
+    today = {"hashes": receipts.current_hashes(pack)}
+    older = {"hashes": {**today["hashes"], "pack.toml": receipts.manifest_digest(path, with_expect=True)}}
+    assert today["hashes"]["pack.toml"] != older["hashes"]["pack.toml"]
+    path.write_text(path.read_text().replace('"FIXED_UPSTREAM"', '"CONFIRMED"'))
+    assert receipts.stale_files(today, pack) == []
+    # An older receipt hashed its [expect]: once that table changes, nothing proves the rest did not.
+    assert receipts.stale_files(older, pack) == ["pack.toml"]
+    path.write_text(path.read_text().replace("A toy pack", "Another toy pack"))
+    assert receipts.stale_files(today, pack) == ["pack.toml"]
+
+
 def test_harness_digest_tracks_the_runner_code(tmp_path, monkeypatch):
     first = receipts.harness_digest()
     assert first == receipts.harness_digest() and len(first) == 64

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
 import shutil
 import tarfile
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +29,9 @@ def extract_archive(archive: Path, dest: Path, strip_top: bool = True) -> None:
     offline_boot uses it before the harness's dependencies are importable.
 
     Refused: absolute paths, '..', links of any kind, device files. Only regular files and
-    directories are written, with the archive's executable bit and no ownership.
+    directories are written, with the archive's executable bit and modification time and no ownership.
+    The time matters: tilelang keys its kernel cache on its library's size and mtime, so a bundle
+    unpacked on two machines (or twice) must give the same stamp for a carried kernel cache to hit.
     With strip_top, the single top-level folder of an sdist (name-version/) is removed.
     """
     dest.mkdir(parents=True)
@@ -41,8 +45,8 @@ def extract_archive(archive: Path, dest: Path, strip_top: bool = True) -> None:
         raise UnsafeArchiveError(f"{archive.name}: unknown archive type")
 
 
-# (name, is a folder, unix mode, open the member's bytes)
-Entry = tuple[str, bool, int, Callable[[], IO[bytes]]]
+# (name, is a folder, unix mode, modification time, open the member's bytes)
+Entry = tuple[str, bool, int, float, Callable[[], IO[bytes]]]
 
 
 def _tar_entry(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) -> Entry:
@@ -50,19 +54,19 @@ def _tar_entry(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) -> 
         raise UnsafeArchiveError(f"{archive.name}: member '{member.name}' is a link; refused")
     if not (member.isfile() or member.isdir()):
         raise UnsafeArchiveError(f"{archive.name}: member '{member.name}' is not a file or folder")
-    return member.name, member.isdir(), member.mode, lambda: tar.extractfile(member)
+    return member.name, member.isdir(), member.mode, member.mtime, lambda: tar.extractfile(member)
 
 
 def _zip_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: Path) -> Entry:
     mode = info.external_attr >> 16
     if mode and (mode & 0o170000) == 0o120000:
         raise UnsafeArchiveError(f"{archive.name}: member '{info.filename}' is a link; refused")
-    return info.filename, info.is_dir(), mode, lambda: zf.open(info)
+    return info.filename, info.is_dir(), mode, time.mktime((*info.date_time, 0, 0, -1)), lambda: zf.open(info)
 
 
 def _write(entries: list[Entry], dest: Path, strip_top: bool, archive: Path) -> None:
     _check_single_top([name for name, *_ in entries], strip_top, archive)
-    for name, is_dir, mode, open_member in entries:
+    for name, is_dir, mode, mtime, open_member in entries:
         rel = _strip(_checked_name(name, archive), strip_top, archive)
         if rel is None or rel == ".":
             continue
@@ -74,6 +78,7 @@ def _write(entries: list[Entry], dest: Path, strip_top: bool, archive: Path) -> 
         with open_member() as source, open(target, "wb") as out:
             shutil.copyfileobj(source, out)
         target.chmod(0o755 if mode & 0o111 else 0o644)
+        os.utime(target, (mtime, mtime))
 
 
 def _strip(norm: str, strip_top: bool, archive: Path) -> str | None:

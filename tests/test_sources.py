@@ -184,6 +184,18 @@ def test_extraction_strips_the_top_folder(tmp_path):
     assert (tmp_path / "out" / "a" / "b.py").read_text() == "1"
 
 
+def test_extraction_keeps_modification_times(tmp_path):
+    """tilelang's kernel cache key holds its library's mtime: the same bundle must unpack the same way."""
+    archive = tmp_path / "w.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        info = tarfile.TarInfo("lib/libx.so")
+        info.size, info.mtime = 3, 1_700_000_000
+        tar.addfile(info, io.BytesIO(b"abc"))
+    for n in (1, 2):
+        extract_archive(archive, tmp_path / f"out{n}", strip_top=False)
+        assert (tmp_path / f"out{n}" / "lib" / "libx.so").stat().st_mtime == 1_700_000_000
+
+
 def test_unreachable_index_is_told_apart(cache, monkeypatch):
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens on the discard port
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")

@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
         for pack, result in zip(packs, results, strict=True):
             try:
                 path = receipts.receipt_path(pack, args.upstream, layout)
-                receipts.write(receipts.build(result, pack, ["python", "runner.py", *argv], layout), path)
+                receipts.write(receipts.build(result, pack, ["python", "runner.py", *argv], layout), path, pack)
                 console.print(f"receipt written: {path.relative_to(layout.root)}")
             except receipts.ReceiptError as exc:
                 err.print(f"[yellow]no receipt:[/] {exc}")

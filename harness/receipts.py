@@ -141,13 +141,14 @@ def _run_record(receipt: dict[str, Any]) -> dict[str, Any]:
             "stages_s": {s["name"]: s["duration_s"] for s in receipt["stages"]}}
 
 
-def write(receipt: dict[str, Any], path: Path) -> Path:
+def write(receipt: dict[str, Any], path: Path, pack: Pack) -> Path:
     """Write the receipt; earlier runs of the very same files and commit (cold and warm compile
-    caches, say) are kept in `runs`, newest last, at most five."""
+    caches, say) are kept in `runs`, newest last, at most five. "The same files" is the staleness
+    rule's: a receipt from before [expect] left the digest still counts when it is current."""
     runs = []
     if path.is_file():
         old = json.loads(path.read_text())
-        same = old.get("hashes") == receipt["hashes"] and old.get("target") == receipt["target"]
+        same = "hashes" in old and not stale_files(old, pack) and old.get("target") == receipt["target"]
         if same and old.get("verdict") == receipt["verdict"]:
             runs = old.get("runs") or [_run_record(old)]
     receipt["runs"] = [*runs, _run_record(receipt)][-5:]

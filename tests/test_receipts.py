@@ -80,3 +80,24 @@ def test_harness_digest_tracks_the_runner_code(tmp_path, monkeypatch):
     one = receipts.harness_digest()
     (fake / "a.py").write_text("x = 2\n")
     assert receipts.harness_digest() != one
+
+
+def test_runs_accumulate_over_the_same_files_under_either_digest(collection, upstream):
+    folder = collection.add_pack("01", "toy", upstream.base)
+    (folder / "pack.toml").write_text((folder / "pack.toml").read_text() + '\n[expect]\nmain = "CONFIRMED"\n')
+    pack = manifest.load_pack(folder, collection.layout)
+    path = collection.layout.evidence / "01-toy.json"
+
+    def write() -> dict:
+        ran = result("CONFIRMED", True)
+        ran.environment = {"python": "3.12", "packages": {}, "torch": {"importable": False}}
+        receipts.write(receipts.build(ran, pack, ["runner.py"], collection.layout), path, pack)
+        return json.loads(path.read_text())
+
+    assert len(write()["runs"]) == 1 and len(write()["runs"]) == 2
+    older = json.loads(path.read_text())  # as if written before [expect] left the digest
+    older["hashes"]["pack.toml"] = receipts.manifest_digest(pack.manifest_path, with_expect=True)
+    path.write_text(json.dumps(older))
+    assert len(write()["runs"]) == 3
+    (folder / "repro.py").write_text((folder / "repro.py").read_text() + "\n# changed\n")
+    assert len(write()["runs"]) == 1, "other files: earlier runs measured something else"

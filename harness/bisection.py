@@ -29,7 +29,7 @@ import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.markup import escape as esc
 from rich.table import Table
 
-from . import bundle, companions, history, importing, manifest, offline_boot, pipeline, sources
+from . import bundle, history, importing, manifest, offline_boot, pipeline, sources
 from .gitutil import GitError
 from .history import Commit
 from .layout import Layout, default_cache_dir
@@ -176,9 +176,7 @@ def _search(pack: Pack, chain: list[Commit], tree_for, opts: pipeline.RunOptions
     if unmet:
         _stop(result, "this machine cannot run the reproducer: " + "; ".join(unmet))
         return
-    if pack.companions:  # the same unpatched companion trees for every commit
-        acquired = companions.acquire(pack, opts.cache_dir, say)
-        opts = replace(opts, companion_roots=companions.import_roots(pack, acquired))
+    opts, _ = pipeline.with_companions(pack, opts, say)  # the same unpatched companion trees for every commit
 
     def one_tree_at_a_time(commit: Commit) -> sources.Source:
         with pipeline.CACHE_LOCK:  # trees come out of one git dir into the cache; only reproducers run side by side

@@ -282,15 +282,23 @@ def _prepare_stages(pack: Pack, opts: RunOptions, result: PackResult, pack_dir: 
         raise _Stop(verdicts.SKIPPED, "; ".join(unmet))
 
     result.environment["compile_caches"] = compile_cache_state()
-    if pack.companions:
-        with CACHE_LOCK:
-            acquired = companions.acquire(pack, opts.cache_dir, say)
+    opts, acquired = with_companions(pack, opts, say)
+    if acquired:
         result.companions = [src.record() for src in acquired]
-        opts = replace(opts, companion_roots=companions.import_roots(pack, acquired))
     artifacts = pack_dir / "artifacts"
     sources.remove_tree(artifacts)  # what the clean stage saves must come from this run's clean stage
     artifacts.mkdir(parents=True)
     return artifacts, opts.timeout_s or pack.timeout_s, opts
+
+
+def with_companions(pack: Pack, opts: RunOptions, say: Progress) -> tuple[RunOptions, list[sources.Source]]:
+    """Fetch the pack's companion sources (from the cache, one acquisition at a time); opts with their
+    import roots, which every stage (and every bisect step) puts on PYTHONPATH, and the sources."""
+    if not pack.companions:
+        return opts, []
+    with CACHE_LOCK:
+        acquired = companions.acquire(pack, opts.cache_dir, say)
+    return replace(opts, companion_roots=companions.import_roots(pack, acquired)), acquired
 
 
 def probe_requirements(pack: Pack, opts: RunOptions) -> tuple[dict[str, Any], list[str]]:

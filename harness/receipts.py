@@ -70,13 +70,6 @@ def manifest_digest(path: Path, *, with_expect: bool = False) -> str:
     return hashlib.sha256(b"".join(kept)).hexdigest()
 
 
-def _manifest_current(recorded: str | None, path: Path) -> bool:
-    """A receipt's pack.toml digest matches today's rule, or the older rule that still hashed [expect]:
-    a receipt written under that rule stays current while the file, [expect] included, is unchanged, or
-    when the only change is an [expect] table added where there was none (both digests then agree)."""
-    return recorded in (manifest_digest(path), manifest_digest(path, with_expect=True))
-
-
 def harness_digest() -> str:
     """sha256 over the harness package's files (path and content, sorted): which runner code made a
     receipt, independent of git. A GPU node may hold the collection's files without its current HEAD
@@ -167,11 +160,12 @@ def validate(receipt: dict[str, Any], where: Path) -> None:
 
 
 def stale_files(receipt: dict[str, Any], pack: Pack) -> list[str]:
-    """Files whose current hash differs from the receipt's."""
+    """Files whose current hash differs from the receipt's. pack.toml also matches under the older rule
+    that still hashed [expect]: a receipt written then stays current while the file, [expect] included,
+    is unchanged, or when the only change is an [expect] table added where there was none."""
     now = current_hashes(pack)
-    return [name for name, digest in now.items()
-            if not (_manifest_current(receipt["hashes"].get(name), pack.manifest_path) if name == "pack.toml"
-                    else receipt["hashes"].get(name) == digest)]
+    older = {**now, "pack.toml": manifest_digest(pack.manifest_path, with_expect=True)}
+    return [name for name in now if receipt["hashes"].get(name) not in (now[name], older[name])]
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from . import offline_boot, wheels
+from .extract import extract_archive
 from .sources import Progress, SourceError
 
 
@@ -55,21 +56,25 @@ def _one_tree(name: str, parts: list[tuple[Path, str]]) -> Path:
     """The bundle's archives of one wheel set unpacked into one tree, as pip would install them: their
     shared libraries find each other through relative RUNPATHs (tilelang 0.1.8's libtvm needs
     `$ORIGIN/../../z3/lib`), so the pins a bundle packs apart to share between sets must end up siblings
-    again. Unpacked once per bundle; later calls reuse it."""
+    again. Each archive is extracted once, straight into that tree; later calls reuse it."""
     target = offline_boot.unpack_dir(parts[0][0]) / f"wheelset-{name}"
     done = target.with_name(target.name + ".done")
     if done.is_file():
         return target
-    shutil.rmtree(target, ignore_errors=True)  # an unpack that was cut off
+    staging = target.with_name(target.name + ".part")
+    for cut_off in (target, staging):  # an unpack that was cut off
+        shutil.rmtree(cut_off, ignore_errors=True)
     target.mkdir(parents=True)
     for bundle, archive in parts:
-        _merge(offline_boot.unpack(bundle, archive), target)
+        extract_archive(bundle / archive, staging, strip_top=False)
+        _merge(staging, target)
+        shutil.rmtree(staging)
     done.write_text("ok\n")
     return target
 
 
 def _merge(part: Path, target: Path) -> None:
-    """Copy the tree `part` into `target`; folders both hold are merged, a file both hold is an error
+    """Move the tree `part` into `target`; folders both hold are merged, a file both hold is an error
     (two wheels of one set never ship the same file)."""
     for entry in part.iterdir():
         dest = target / entry.name
@@ -77,7 +82,5 @@ def _merge(part: Path, target: Path) -> None:
             _merge(entry, dest)
         elif dest.exists():
             raise SourceError(f"wheel set: {dest.relative_to(target)} comes from two of its archives")
-        elif entry.is_dir():
-            shutil.copytree(entry, dest)
         else:
-            shutil.copy2(entry, dest)
+            entry.rename(dest)

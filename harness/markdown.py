@@ -4,6 +4,7 @@ and the upstream issue/PR body of one pack (--report)."""
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from typing import Any
 
@@ -35,22 +36,41 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: value}
 
 
+def nodes(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Every path of `value` with what it holds, inner lists and dicts included (flatten keeps leaves)."""
+    out: dict[str, Any] = {prefix[:-1]: value} if prefix else {}
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        out.update(nodes(v, f"{prefix}{k}."))
+    return out
+
+
 def headline(evidence: dict[str, Any] | None, paths: tuple[str, ...] = (), limit: int = 4) -> str:
     """The evidence a reader should see first: the pack's [report].headline paths (wildcards allowed),
-    else a guess from key names."""
+    else a guess from key names. A path that matches no leaf but names a list or dict (pack 07's
+    rank3_failures, pack 13's widths.24) shows that whole value, compactly."""
     if not evidence:
         return ""
     leaves = flatten(evidence)
     if paths:
-        picked = [(k, v) for pattern in paths for k, v in leaves.items() if fnmatch.fnmatchcase(k, pattern)]
+        inner = nodes(evidence)
+        picked = []
+        for pattern in paths:
+            hits = [(k, v) for k, v in leaves.items() if fnmatch.fnmatchcase(k, pattern)]
+            picked += hits or [(k, v) for k, v in inner.items() if fnmatch.fnmatchcase(k, pattern)]
     else:
         picked = [(k, v) for k, v in leaves.items() if _HEADLINE.search(k) and not _SKIP.search(k)
                   and isinstance(v, (int, float, bool, str)) and len(str(v)) <= 80][:limit]
     return ", ".join(f"{k}={_fmt(v)}" for k, v in picked)
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+def _fmt(v: Any, width: int = 160) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, (list, dict)) and v:
+        text = json.dumps(v, default=str)
+        return text if len(text) <= width else text[:width - 1] + "…"
+    return str(v)
 
 
 def _cell(text: str) -> str:

@@ -30,6 +30,17 @@ def test_headline_follows_declared_paths_with_wildcards():
     assert markdown.flatten({"a": [], "b": {"c": [1]}}) == {"a": [], "b.c.0": 1}
 
 
+def test_headline_path_naming_a_list_or_dict_shows_it_whole():
+    # a declared path that names an inner node matched nothing before: pack 07's clean stage showed none of
+    # its four rank3_failures and pack 13's widths.24 was missing from STATUS.md
+    ev = {"failures": ["k1", "k2"], "widths": {"24": {"lowered": False}}, "empty": [], "n": 0.5}
+    got = markdown.headline(ev, ("failures", "widths.24", "empty", "n", "nothing.here"))
+    assert got == 'failures=["k1", "k2"], widths.24={"lowered": false}, empty=[], n=0.5'
+    assert markdown.headline({"a": {"b": 1, "c": 2}}, ("a.*",)) == "a.b=1, a.c=2"  # leaves still win
+    long = markdown.headline({"xs": ["x" * 100, "y" * 100]}, ("xs",))
+    assert long.endswith("…") and len(long) == len("xs=") + 160
+
+
 def test_report_holds_the_sections_a_maintainer_needs(collection, upstream, capsys):
     collection.add_pack("01", "toy", upstream.base)
     assert cli.main(["--report", "01"], layout=collection.layout) == cli.EXIT_OK

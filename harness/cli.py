@@ -275,7 +275,8 @@ def _bundle(args, packs, cache_dir: Path, progress, console: Console, err: Conso
         for pack in packs if args.bundle_bisect else []:  # history/ first: bundle.json hashes it too
             index = bundle_history(pack, args.bundle.resolve(), args.upstream or "main", cache_dir, progress,
                                    args.bisect_from)
-            console.print(f"{pack.name}: history of the base and {len(index['commits']) - 1} first-parent commits, "
+            start = f"--bisect-from {args.bisect_from}" if args.bisect_from else "the base"
+            console.print(f"{pack.name}: history of {start} and {len(index['commits']) - 1} first-parent commits, "
                           f"{index['bundle_bytes'] / 2**20:.2f} MiB (history/{index['bundle']})")
         made = bundle.create(packs, args.bundle.resolve(), args.python,
                              tuple(args.platform) if args.platform else bundle.DEFAULT_PLATFORMS,

@@ -395,6 +395,7 @@ def test_bundled_history_from_another_start_and_a_companion_from_the_bundle(  # 
     out = tmp_path / "bundle"
     made = ["--bundle", str(out), "--pack", "01", "--bundle-bisect", "--bisect-from", "fork", "--cache-dir", str(cache)]
     assert cli.main(made, layout=collection.layout) == cli.EXIT_OK
+    assert "history of --bisect-from fork and 3 first-parent commits" in capsys.readouterr().out
     index_file = json.loads((out / "history" / "01-toy.json").read_text())
     assert index_file["old"] == {"ref": "fork", "commit": chain[1]}
     assert [c["sha"] for c in index_file["commits"]] == chain[1:]

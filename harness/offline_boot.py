@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .extract import extract_archive
@@ -23,18 +24,24 @@ def unpack_dir(bundle: Path) -> Path:
     return Path(os.environ.get("REPRO_OFFLINE_UNPACK", tempfile.gettempdir())) / f"upstream-repro-bundle-{digest}"
 
 
-def unpack(bundle: Path, archive: str) -> Path:
-    """Unpack bundle/archive (a .tar.xz of one wheel tree) once, with extract.py's checks; later calls
-    reuse it."""
-    target = unpack_dir(bundle) / archive.removesuffix(".tar.xz")
+def once(target: Path, fill: Callable[[Path], None]) -> Path:
+    """target, made by fill(target) unless an earlier call finished it (a `.done` file beside it says
+    so); what a cut-off call left is removed first."""
     done = target.with_name(target.name + ".done")
     if done.is_file():
         return target
     if target.exists():
         shutil.rmtree(target)  # an unpack that was cut off
-    extract_archive(bundle / archive, target, strip_top=False)
+    fill(target)
     done.write_text("ok\n")
     return target
+
+
+def unpack(bundle: Path, archive: str) -> Path:
+    """Unpack bundle/archive (a .tar.xz of one wheel tree) once, with extract.py's checks; later calls
+    reuse it."""
+    return once(unpack_dir(bundle) / archive.removesuffix(".tar.xz"),
+                lambda target: extract_archive(bundle / archive, target, strip_top=False))
 
 
 def boot(argv: list[str]) -> None:

@@ -57,20 +57,16 @@ def _one_tree(name: str, parts: list[tuple[Path, str]]) -> Path:
     shared libraries find each other through relative RUNPATHs (tilelang 0.1.8's libtvm needs
     `$ORIGIN/../../z3/lib`), so the pins a bundle packs apart to share between sets must end up siblings
     again. Each archive is extracted once, straight into that tree; later calls reuse it."""
-    target = offline_boot.unpack_dir(parts[0][0]) / f"wheelset-{name}"
-    done = target.with_name(target.name + ".done")
-    if done.is_file():
-        return target
-    staging = target.with_name(target.name + ".part")
-    for cut_off in (target, staging):  # an unpack that was cut off
-        shutil.rmtree(cut_off, ignore_errors=True)
-    target.mkdir(parents=True)
-    for bundle, archive in parts:
-        extract_archive(bundle / archive, staging, strip_top=False)
-        _merge(staging, target)
-        shutil.rmtree(staging)
-    done.write_text("ok\n")
-    return target
+    def fill(target: Path) -> None:
+        staging = target.with_name(target.name + ".part")
+        shutil.rmtree(staging, ignore_errors=True)  # what a cut-off unpack left
+        target.mkdir(parents=True)
+        for bundle, archive in parts:
+            extract_archive(bundle / archive, staging, strip_top=False)
+            _merge(staging, target)
+            shutil.rmtree(staging)
+
+    return offline_boot.once(offline_boot.unpack_dir(parts[0][0]) / f"wheelset-{name}", fill)
 
 
 def _merge(part: Path, target: Path) -> None:

@@ -19,30 +19,18 @@ _SKIP = re.compile(r"(seed|shape|config|threshold|version|median_ms|timing|perf|
                    re.IGNORECASE)
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': [1, {'c': 2}]}} -> {'a.b.0': 1, 'a.b.1.c': 2}; leaves only."""
-    if isinstance(value, (list, dict)) and not value:
-        return {prefix[:-1]: value}
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    if isinstance(value, list):
-        out = {}
-        for i, v in enumerate(value):
-            out.update(flatten(v, f"{prefix}{i}."))
-        return out
-    return {prefix[:-1]: value}
-
-
 def nodes(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Every path of `value` with what it holds, inner lists and dicts included (flatten keeps leaves)."""
-    out: dict[str, Any] = {prefix[:-1]: value} if prefix else {}
+    """Every path of `value` with what it holds, inner lists and dicts included (the root's path is "")."""
+    out: dict[str, Any] = {prefix[:-1]: value}
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for k, v in items:
         out.update(nodes(v, f"{prefix}{k}."))
     return out
+
+
+def flatten(value: Any) -> dict[str, Any]:
+    """{'a': {'b': [1, {'c': 2}]}} -> {'a.b.0': 1, 'a.b.1.c': 2}; leaves only (an empty list or dict is one)."""
+    return {k: v for k, v in nodes(value).items() if not (isinstance(v, (list, dict)) and v)}
 
 
 def headline(evidence: dict[str, Any] | None, paths: tuple[str, ...] = (), limit: int = 4) -> str:

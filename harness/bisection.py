@@ -138,6 +138,14 @@ def next_probes(states: dict[int, str], jobs: int) -> list[int]:
     return sorted(picked)
 
 
+def classify(pack: Pack, sentinel: str | None, old_sentinel: str | None) -> str:
+    """A tested commit's state: SKIP unless it printed one of the pack's two sentinels; else OLD when it
+    printed what the old end printed (or is the old end: old_sentinel None), NEW otherwise."""
+    if sentinel is None or sentinel not in sentinel_pair(pack):
+        return SKIP
+    return OLD if old_sentinel is None or sentinel == old_sentinel else NEW
+
+
 def run_bisect(pack: Pack, chain: list[Commit], tree_for: Callable[[Commit], sources.Source],
                opts: pipeline.RunOptions, result: BisectResult, progress: Progress) -> BisectResult:
     """Test both ends, then bisect the chain (result.jobs commits per round); fills in and returns result."""
@@ -195,8 +203,8 @@ def _search(pack: Pack, chain: list[Commit], tree_for, opts: pipeline.RunOptions
 
     if result.jobs > 1:  # both ends at once; the far end's state is read against the old end's after
         old_end, new_end = test_all([0, len(chain) - 1], None)
-        if new_end.state != SKIP and old_end.sentinel in sentinel_pair(pack):
-            new_end.state = OLD if new_end.sentinel == old_end.sentinel else NEW
+        if old_end.sentinel in sentinel_pair(pack):
+            new_end.state = classify(pack, new_end.sentinel, old_end.sentinel)
     else:
         old_end, new_end = test(0, None), None
     old_label = f"the old end ({result.old['ref']} @ {chain[0].sha[:12]})"
@@ -272,13 +280,8 @@ def _test(pack: Pack, commit: Commit, position: int, tree_for, opts: pipeline.Ru
         return skipped(str(exc))
     if not opts.keep:
         sources.remove_tree(work / commit.sha)
-    if stage.sentinel is None or stage.sentinel not in sentinel_pair(pack):
-        state = SKIP
-    elif old_sentinel is None:
-        state = OLD
-    else:
-        state = OLD if stage.sentinel == old_sentinel else NEW
-    return Tested(position, commit.sha, commit.subject, commit.date, commit.merge, state, stage.sentinel,
+    return Tested(position, commit.sha, commit.subject, commit.date, commit.merge,
+                  classify(pack, stage.sentinel, old_sentinel), stage.sentinel,
                   stage.evidence, headline(stage.evidence, pack.headline), stage.error, stage.duration_s, stage.log)
 
 

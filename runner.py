@@ -6,11 +6,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness.offline_boot import boot  # noqa: E402  (stdlib only)
+from harness.offline.boot import boot  # noqa: E402  (stdlib only)
 
 boot(sys.argv[1:])  # --offline DIR: the bundle's runner dependencies fill what this Python lacks
 
-from harness.cli import main  # noqa: E402
+from harness.cli.main import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

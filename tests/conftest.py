@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import manifest, pkgindex
-from harness.layout import Layout
-from harness.pipeline import RunOptions, run_pack
+from harness.core import manifest
+from harness.core.layout import Layout
+from harness.run.pipeline import RunOptions, run_pack
+from harness.sources import pkgindex
 
 UPSTREAM_URL = "https://github.com/acme/widget"
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import bisection, cli
-from harness.bisection import NEW, OLD, SKIP, bounds, next_probe
+from harness.bisection import search as bisection
+from harness.bisection.search import NEW, OLD, SKIP, bounds, next_probe
+from harness.cli import main as cli
 
 from .conftest import git_commit, sh
 from .test_companions import companion_line
@@ -226,7 +227,7 @@ def test_a_base_that_is_not_an_ancestor(collection, upstream, history, cache, tm
 
 @pytest.fixture
 def no_wheels(monkeypatch):
-    from harness import bundle
+    from harness.offline import bundle
 
     monkeypatch.setattr(bundle, "download_wheels", lambda *a, **k: None)
     monkeypatch.setattr(bundle, "runner_requirements", lambda: [])

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import bundle, cli, offline_boot, receipts
+from harness.cli import main as cli
+from harness.offline import boot as offline_boot
+from harness.offline import bundle
+from harness.report import receipts
 
 
 def toy_wheel(dest: Path, name: str = "toydep", version: str = "1.0") -> Path:

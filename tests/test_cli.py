@@ -1,6 +1,6 @@
 import json
 
-from harness import cli
+from harness.cli import main as cli
 
 
 def test_usage_without_action(collection, capsys):

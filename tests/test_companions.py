@@ -1,6 +1,7 @@
 """Companion sources: another upstream's pinned release sdist imported next to the target, unpatched."""
 
-from harness import bundle, manifest
+from harness.core import manifest
+from harness.offline import bundle
 
 from .conftest import run
 from .test_sources import index  # noqa: F401 - the loopback package index serving widget-1.0.tar.gz
@@ -84,7 +85,7 @@ def test_a_bundle_carries_only_a_companions_import_paths(collection, upstream, c
 
 
 def test_the_issue_body_names_the_companion(collection, upstream, index):  # noqa: F811
-    from harness import markdown
+    from harness.report import markdown
 
     folder = collection.add_pack("01", "toy", upstream.base, repro=REPRO, extra_requires=companion_line(index))
     pack = manifest.load_pack(folder, collection.layout)

@@ -2,7 +2,11 @@
 
 import pytest
 
-from harness import bundle, manifest, markdown, reports, wheelsite
+from harness.core import manifest
+from harness.envs import wheelsite
+from harness.offline import bundle
+from harness.report import markdown
+from harness.report import outputs as reports
 
 from .conftest import git_commit, run, sh
 

@@ -13,8 +13,10 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 
-from harness import cli, container, manifest
-from harness.layout import Layout
+from harness.cli import main as cli
+from harness.container import docker as container
+from harness.core import manifest
+from harness.core.layout import Layout
 
 from .test_stacks import STACK_FOLDERS
 

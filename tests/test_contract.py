@@ -7,8 +7,12 @@ from dataclasses import replace
 
 import pytest
 
-from harness import cli, compare, lint, manifest, receipts, sentinels, verdicts
-from harness.manifest import ManifestError
+from harness.checks import lint
+from harness.cli import main as cli
+from harness.core import manifest
+from harness.core.manifest import ManifestError
+from harness.report import compare, receipts
+from harness.run import sentinels, verdicts
 
 from .conftest import PATCH_FIX, README, manifest_text, run
 from .test_reports import result as bug_result

@@ -1,7 +1,7 @@
 import sys
 import time
 
-from harness.execution import run_command
+from harness.run.execution import run_command
 
 
 def test_output_and_log_kept(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import importing
+from harness.run import importing
 
 
 def _tree(root: Path) -> None:

@@ -3,7 +3,9 @@ results and receipts that say how many packs shared the machine."""
 
 import json
 
-from harness import cli, manifest, receipts
+from harness.cli import main as cli
+from harness.core import manifest
+from harness.report import receipts
 
 # Each stage records when it ran, so the test can see which stages overlapped.
 REPRO = """\

@@ -1,5 +1,5 @@
-from harness import lint
-from harness.layout import Layout
+from harness.checks import lint
+from harness.core.layout import Layout
 
 from .conftest import PATCH_FIX
 

@@ -1,7 +1,7 @@
 import pytest
 
-from harness import manifest
-from harness.manifest import ManifestError
+from harness.core import manifest
+from harness.core.manifest import ManifestError
 
 
 def test_valid_manifest_loads(collection, upstream):

@@ -3,7 +3,7 @@
 import json
 import xml.etree.ElementTree as ET
 
-from harness import cli
+from harness.cli import main as cli
 
 
 def _run(collection, cache, tmp_path, pack_id: str, name: str, *extra: str) -> str:

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, compare, manifest, markdown, receipts, repeat
-from harness.layout import Layout
-from harness.pipeline import PackResult, StageRecord
+from harness.cli import main as cli
+from harness.core import manifest
+from harness.core.layout import Layout
+from harness.report import compare, markdown, receipts
+from harness.run import repeat
+from harness.run.pipeline import PackResult, StageRecord
 
 from .test_reports import result
 
@@ -159,7 +162,7 @@ def test_markdown_table_through_the_cli(collection, upstream, cache, tmp_path):
 
 
 def test_results_table_escapes_pipes(collection, upstream):
-    from harness import manifest
+    from harness.core import manifest
 
     pack = manifest.load_pack(collection.add_pack("01", "toy", upstream.base), collection.layout)
     r: PackResult = result("ERROR", False)

@@ -6,8 +6,10 @@ import py_compile
 
 import pytest
 
-from harness import manifest, patching, sources
-from harness.layout import Layout
+from harness.core import manifest
+from harness.core.layout import Layout
+from harness.sources import patching
+from harness.sources import upstream as sources
 
 LAYOUT = Layout()
 PACKS = [manifest.load_pack(f, LAYOUT) for f in manifest.discover(LAYOUT)]
@@ -59,7 +61,7 @@ def test_contract_pack_sources_at_the_pinned_base(pack, tmp_path):
 def test_cpu_contract_pack_gives_its_expected_verdict(pack, tmp_path):
     """CPU-only contract packs run here for real (git, or the sdist when git cannot be reached); where the
     pack's requirements (torch, ...) are not installed, as in CI, the runner says SKIPPED and so does this."""
-    from harness.pipeline import RunOptions, run_pack
+    from harness.run.pipeline import RunOptions, run_pack
 
     result = run_pack(pack, RunOptions(cache_dir=tmp_path / "cache", run_dir=tmp_path / "runs", layout=LAYOUT),
                       lambda m: None)

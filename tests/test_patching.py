@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import patching, sources
+from harness.sources import patching
+from harness.sources import upstream as sources
 
 from .conftest import PATCH_FIX, sh
 

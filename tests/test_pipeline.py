@@ -1,6 +1,6 @@
 import json
 
-from harness import environment
+from harness.envs import probe as environment
 
 from .conftest import REPRO_OK, run
 

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from harness import manifest, receipts
-from harness.layout import Layout
+from harness.core import manifest
+from harness.core.layout import Layout
+from harness.report import receipts
 
 from .test_reports import result
 

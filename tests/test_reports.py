@@ -1,8 +1,8 @@
 import json
 import xml.etree.ElementTree as ET
 
-from harness import reports
-from harness.pipeline import PackResult, StageRecord
+from harness.report import outputs as reports
+from harness.run.pipeline import PackResult, StageRecord
 
 
 def result(verdict: str, as_expected: bool) -> PackResult:

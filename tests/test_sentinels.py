@@ -1,4 +1,4 @@
-from harness.sentinels import parse
+from harness.run.sentinels import parse
 
 GOOD = 'noise\nEVIDENCE {"err": 0.5, "threshold": 0.1}\nBUG_REPRODUCED\n'
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import sources
-from harness.extract import UnsafeArchiveError, extract_archive
+from harness.sources import upstream as sources
+from harness.sources.extract import UnsafeArchiveError, extract_archive
 
 from .conftest import sh
 
@@ -204,7 +204,7 @@ def test_unreachable_index_is_told_apart(cache, monkeypatch):
 
 
 def test_latest_release_skips_yanked_and_prereleases(monkeypatch):
-    from harness import pkgindex
+    from harness.sources import pkgindex
 
     files = [pkgindex.ReleaseFile(name, f"http://x/{name}", "a" * 64, yanked)
              for name, yanked in (("widget-1.0.tar.gz", False), ("widget-1.2.tar.gz", False),

@@ -11,9 +11,13 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
-from harness import lint, manifest, pkgindex, receipts, stacks
-from harness.layout import Layout
-from harness.manifest import tomllib
+from harness.checks import lint
+from harness.core import manifest
+from harness.core.layout import Layout
+from harness.core.manifest import tomllib
+from harness.envs import locks as stacks
+from harness.report import receipts
+from harness.sources import pkgindex
 
 LAYOUT = Layout()
 STACKS = stacks.available(LAYOUT)

@@ -1,6 +1,6 @@
 import pytest
 
-from harness.verdicts import StageOutcome, classify, expected
+from harness.run.verdicts import StageOutcome, classify, expected
 
 BUG, FIX, INC = StageOutcome("BUG_REPRODUCED"), StageOutcome("FIX_VALIDATED"), StageOutcome("INCONCLUSIVE")
 

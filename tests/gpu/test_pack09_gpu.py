@@ -2,9 +2,9 @@
 
 import pytest
 
-from harness import manifest
-from harness.layout import Layout, default_cache_dir
-from harness.pipeline import RunOptions, run_pack
+from harness.core import manifest
+from harness.core.layout import Layout, default_cache_dir
+from harness.run.pipeline import RunOptions, run_pack
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]

@@ -20,12 +20,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from harness.offline_boot import boot  # noqa: E402  (stdlib only)
+from harness.offline.boot import boot  # noqa: E402  (stdlib only)
 
 boot(sys.argv[1:])  # --offline: the bundle's runner dependencies fill what this Python lacks
 
-from harness import bundle, importing, manifest, patching, sources  # noqa: E402
-from harness.layout import Layout, default_cache_dir  # noqa: E402
+from harness.core import manifest  # noqa: E402
+from harness.core.layout import Layout, default_cache_dir  # noqa: E402
+from harness.offline import bundle  # noqa: E402
+from harness.run import importing  # noqa: E402
+from harness.sources import patching  # noqa: E402
+from harness.sources import upstream as sources  # noqa: E402
 
 
 def main() -> int:

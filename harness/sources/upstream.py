@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..core.manifest import Pack
 from . import gitutil, pkgindex
 from .extract import extract_archive
 from .gitutil import GitError
-from .manifest import Pack
 
 Progress = Callable[[str], None]
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")

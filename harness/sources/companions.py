@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import importing, sources
-from .manifest import Pack
-from .sources import Progress
+from ..core.manifest import Pack
+from ..run import importing
+from . import upstream as sources
+from .upstream import Progress
 
 
 def acquire(pack: Pack, cache: Path, progress: Progress) -> list[sources.Source]:

@@ -13,9 +13,10 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from . import offline_boot, wheels
-from .extract import extract_archive
-from .sources import Progress, SourceError
+from ..offline import boot as offline_boot
+from ..sources.extract import extract_archive
+from ..sources.upstream import Progress, SourceError
+from . import wheels
 
 
 def key(pins: tuple[str, ...], prune: tuple[str, ...], version: str) -> str:

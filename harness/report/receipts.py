@@ -14,10 +14,11 @@ from typing import Any
 
 import jsonschema
 
-from . import __version__, gitutil
-from .layout import Layout
-from .manifest import Pack
-from .pipeline import PackResult
+from .. import __version__
+from ..core.layout import Layout
+from ..core.manifest import Pack
+from ..run.pipeline import PackResult
+from ..sources import gitutil
 
 
 class ReceiptError(Exception):
@@ -26,7 +27,7 @@ class ReceiptError(Exception):
 
 @cache
 def _schema() -> dict[str, Any]:
-    return json.loads(resources.files("harness").joinpath("schemas/receipt.schema.json").read_text())
+    return json.loads(resources.files("harness.core").joinpath("schemas/receipt.schema.json").read_text())
 
 
 def sha256_file(path: Path) -> str | None:

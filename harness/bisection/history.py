@@ -24,9 +24,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import gitutil, sources
-from .gitutil import GitError
-from .manifest import Pack
+from ..core.manifest import Pack
+from ..sources import gitutil
+from ..sources import upstream as sources
+from ..sources.gitutil import GitError
 
 Progress = Callable[[str], None]
 HISTORY_DIR = "history"  # in a bundle: <pack>.bundle and <pack>.json

@@ -10,9 +10,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from .. import __version__
+from ..run.pipeline import PackResult
 from .markdown import headline
-from .pipeline import PackResult
 
 STYLE = {"CONFIRMED": "bold green", "FIXED_UPSTREAM": "cyan", "CHECKED": "green", "SKIPPED": "yellow",
          "PATCH_CONFLICT": "magenta", "ALREADY_APPLIED": "cyan", "HELD": "bold green", "BROKEN": "bold magenta",

@@ -14,14 +14,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import bundle, compare, export, manifest, markdown, merge, receipts, repeat, reports, sources, verdicts, wheels
-from . import lint as lint_mod
-from .bisection import cli_run as bisect_run
-from .container import ContainerError
-from .container import cli_run as docker_run
-from .history import bundle_history
-from .layout import Layout, default_cache_dir
-from .pipeline import RunOptions, run_pack
+from ..bisection.history import bundle_history
+from ..bisection.search import cli_run as bisect_run
+from ..checks import lint as lint_mod
+from ..container.docker import ContainerError
+from ..container.docker import cli_run as docker_run
+from ..core import manifest
+from ..core.layout import Layout, default_cache_dir
+from ..envs import wheels
+from ..offline import bundle
+from ..report import compare, export, markdown, merge, receipts
+from ..report import outputs as reports
+from ..run import repeat, verdicts
+from ..run.pipeline import RunOptions, run_pack
+from ..sources import upstream as sources
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE = 0, 1, 2
 

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .extract import extract_archive
+from ..sources.extract import extract_archive
 
 Progress = Callable[[str], None]
 # manylinux tags pip should accept for an x86_64 node (glibc 2.17 to 2.39)

@@ -27,9 +27,10 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
-from . import manifest, stacks
-from .layout import Layout, default_cache_dir
-from .manifest import Pack
+from ..core import manifest
+from ..core.layout import Layout, default_cache_dir
+from ..core.manifest import Pack
+from ..envs import locks as stacks
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -371,7 +372,7 @@ def cli_run(args: argparse.Namespace, parser: argparse.ArgumentParser, layout: L
 def main(argv: list[str] | None = None) -> int:
     """`python -m harness.container [runner options]`: print what `runner.py [options] --docker` would
     send to the Docker engine (the build and run requests), as JSON; no engine or SDK needed."""
-    from .cli import build_parser  # noqa: PLC0415 - cli imports this module
+    from ..cli.main import build_parser  # noqa: PLC0415 - cli imports this module
 
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

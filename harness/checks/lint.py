@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from . import manifest, stacks
-from .layout import Layout
-from .manifest import ManifestError, Pack
-from .patching import patch_files
+from ..core import manifest
+from ..core.layout import Layout
+from ..core.manifest import ManifestError, Pack
+from ..envs import locks as stacks
+from ..sources.patching import patch_files
 
 HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 

@@ -13,9 +13,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import companions, environment, execution, importing, patching, sentinels, sources, verdicts, wheelsite
-from .layout import Layout
-from .manifest import Pack
+from ..core.layout import Layout
+from ..core.manifest import Pack
+from ..envs import probe as environment
+from ..envs import wheelsite
+from ..sources import companions, patching
+from ..sources import upstream as sources
+from . import execution, importing, sentinels, verdicts
 
 Progress = Callable[[str], None]
 LATEST_RELEASE = "latest-release"  # --upstream latest-release: the newest release on the package index

@@ -27,8 +27,8 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from . import pkgindex
-from .layout import Layout
+from ..core.layout import Layout
+from ..sources import pkgindex
 
 PYTHON = "3.12"  # python3 of the Ubuntu 24.04 base image; the GPU receipts ran 3.12.3
 # The platforms pip may pick wheels for: x86_64 manylinux up to the base image's glibc (2.39).

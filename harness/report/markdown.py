@@ -8,10 +8,10 @@ import json
 import re
 from typing import Any
 
+from ..core.layout import Layout
+from ..core.manifest import Pack, discover, load_pack
+from ..run.pipeline import PackResult
 from . import receipts
-from .layout import Layout
-from .manifest import Pack, discover, load_pack
-from .pipeline import PackResult
 
 # Evidence keys worth a glance in a table: ratios, errors, counts, flags (not shapes, seeds, timings).
 _HEADLINE = re.compile(r"(worst|ratio|dots|err|raised|identical|finite|passes|not_bitwise)", re.IGNORECASE)

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .extract import extract_archive
+from ..sources.extract import extract_archive
 
 MANIFEST = "bundle.json"
 

@@ -25,10 +25,14 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from . import __version__, companions, offline_boot, sources, wheelsite
-from .manifest import Pack
-from .receipts import sha256_file
-from .wheels import DEFAULT_PLATFORMS, download_wheels, unpack_wheels  # noqa: F401 - DEFAULT_PLATFORMS: cli
+from .. import __version__
+from ..core.manifest import Pack
+from ..envs import wheelsite
+from ..envs.wheels import DEFAULT_PLATFORMS, download_wheels, unpack_wheels  # noqa: F401 - DEFAULT_PLATFORMS: cli
+from ..report.receipts import sha256_file
+from ..sources import companions
+from ..sources import upstream as sources
+from . import boot as offline_boot
 
 Progress = Callable[[str], None]
 PACKS_SITE, RUNNER_SITE, SOURCES = "packs-site.tar.xz", "runner-site.tar.xz", "sources.tar.xz"

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import verdicts
-from .pipeline import PackResult
+from ..run import verdicts
+from ..run.pipeline import PackResult
 
 ALLOWED = {(verdicts.CONFIRMED, verdicts.FIXED_UPSTREAM), (verdicts.PATCH_CONFLICT, verdicts.FIXED_UPSTREAM),
            (verdicts.BROKEN, verdicts.HELD)}  # a contract pack: upstream repaired the seam

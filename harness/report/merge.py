@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .pipeline import PackResult, StageRecord
+from ..run.pipeline import PackResult, StageRecord
 
 
 class MergeError(Exception):

@@ -38,12 +38,17 @@ from rich.console import Console
 from rich.markup import escape as esc
 from rich.table import Table
 
-from . import bundle, history, importing, manifest, offline_boot, pipeline, sources
-from .gitutil import GitError
+from ..core import manifest
+from ..core.layout import Layout, default_cache_dir
+from ..core.manifest import Pack
+from ..offline import boot as offline_boot
+from ..offline import bundle
+from ..report.markdown import headline
+from ..run import importing, pipeline
+from ..sources import upstream as sources
+from ..sources.gitutil import GitError
+from . import history
 from .history import Commit
-from .layout import Layout, default_cache_dir
-from .manifest import Pack
-from .markdown import headline
 
 Progress = Callable[[str], None]
 OLD, NEW, SKIP = "old", "new", "skip"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ..core.layout import Layout
+from ..core.manifest import Pack
 from . import markdown, receipts
-from .layout import Layout
-from .manifest import Pack
 
 
 def export(pack: Pack, dest: Path, layout: Layout) -> list[Path]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+from ..report.markdown import flatten
 from . import verdicts
-from .markdown import flatten
 from .pipeline import PackResult
 
 # Measured times vary run to run by nature; they are not compared.

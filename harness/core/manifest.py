@@ -123,7 +123,7 @@ class Pack:
 
 @cache
 def _schema() -> dict[str, Any]:
-    text = resources.files("harness").joinpath("schemas/pack.schema.json").read_text()
+    text = resources.files("harness.core").joinpath("schemas/pack.schema.json").read_text()
     return json.loads(text)
 
 

@@ -71,7 +71,7 @@ import json, sys
 import widget
 print("some chatter from the library")
 print("EVIDENCE " + json.dumps({"value": widget.VALUE, "threshold": 2}))
-print("FIX_VALIDATED" if widget.VALUE >= 2 else "BUG_REPRODUCED")
+print("FIX_VALIDATED" if widget.VALUE >= 2 else "INCONCLUSIVE" if widget.VALUE < 0 else "BUG_REPRODUCED")
 """
 
 README = "# Toy pack\n\n## Scope\nA toy.\n"
@@ -137,7 +137,7 @@ class Collection:
         folder = self.layout.packs / f"{pack_id}-{slug}"
         folder.mkdir(parents=True)
         (folder / "pack.toml").write_text(manifest_text(pack_id, slug, commit, **over))
-        (folder / "repro.py").write_text(repro + "\n# INCONCLUSIVE is the third sentinel\n")
+        (folder / "repro.py").write_text(repro)
         (folder / "README.md").write_text(README)
         if patch is not None:
             self.layout.patches.mkdir(exist_ok=True)

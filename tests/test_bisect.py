@@ -209,7 +209,7 @@ def test_history_is_blobless_and_trees_land_in_the_pristine_cache(collection, up
 def test_bisect_is_a_command_of_its_own(collection, upstream, cache, tmp_path, capsys):
     collection.add_pack("01", "toy", upstream.base, repro=REPRO)
     assert cli.main([*bisect_args(cache, tmp_path), "--check"], layout=collection.layout) == cli.EXIT_USAGE
-    assert "does not combine with --check" in capsys.readouterr().err
+    assert "--check does not apply to --bisect" in capsys.readouterr().err
 
 
 def test_a_base_that_is_not_an_ancestor(collection, upstream, history, cache, tmp_path, capsys):
@@ -286,7 +286,7 @@ def test_offline_without_a_bundled_history_says_how_to_make_one(collection, upst
     assert cli.main(["--bundle", str(out), "--pack", "01", "--cache-dir", str(cache)],
                     layout=collection.layout) == cli.EXIT_OK
     assert cli.main(["--offline", str(out), "--bisect", "01"], layout=collection.layout) == cli.EXIT_UNEXPECTED
-    assert "--bundle-bisect" in capsys.readouterr().err
+    assert "--bisect-from does not apply to a run (it goes with --bisect, --bundle)" in capsys.readouterr().err
 
 
 def test_result_record_serialises(collection, upstream, history, cache, tmp_path):
@@ -368,7 +368,7 @@ def test_side_by_side_ends_that_agree_still_stop(collection, upstream, history, 
 def test_bisect_jobs_refuses_timed_packs_and_lone_use(collection, upstream, cache, tmp_path, capsys):
     collection.add_pack("01", "toy", upstream.base, repro=REPRO)
     assert cli.main(["--bisect-jobs", "2", "--list"], layout=collection.layout) == cli.EXIT_USAGE
-    assert "--bisect-jobs only goes with --bisect" in capsys.readouterr().err
+    assert "--bisect-jobs does not apply to --list (it goes with --bisect)" in capsys.readouterr().err
     assert cli.main(bisect_args(cache, tmp_path, "--bisect-jobs", "0"), layout=collection.layout) == cli.EXIT_USAGE
     add_contract(collection, upstream.base, pack_id="02", kind="perf")
     args = ["--bisect", "02", "--cache-dir", str(cache), "--run-dir", str(tmp_path / "r2"), "--bisect-jobs", "2"]
@@ -415,4 +415,4 @@ def test_bundled_history_from_another_start_and_a_companion_from_the_bundle(  # 
 def test_bisect_from_goes_with_bisect_or_bundle_bisect_only(collection, upstream, capsys):
     collection.add_pack("01", "toy", upstream.base, repro=REPRO)
     assert cli.main(["--pack", "01", "--bisect-from", "v1"], layout=collection.layout) == cli.EXIT_USAGE
-    assert "--bundle-bisect" in capsys.readouterr().err
+    assert "--bisect-from does not apply to a run (it goes with --bisect, --bundle)" in capsys.readouterr().err

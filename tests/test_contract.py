@@ -23,8 +23,7 @@ import json
 import widget
 print("chatter: checking the seam")
 print("EVIDENCE " + json.dumps({"value": widget.VALUE, "wanted": 1}))
-print("CONTRACT_HELD" if widget.VALUE == 1 else "CONTRACT_BROKEN")
-# INCONCLUSIVE when the seam cannot be measured
+print("CONTRACT_HELD" if widget.VALUE == 1 else "INCONCLUSIVE" if widget.VALUE is None else "CONTRACT_BROKEN")
 """
 
 
@@ -196,7 +195,7 @@ def test_cli_json_junit_markdown_and_receipt(collection, upstream, cache, tmp_pa
     assert "HELD" in out and "contract EVIDENCE" in out and "CONTRACT_HELD" in out
     packed = json.loads((tmp_path / "o.json").read_text())["packs"][0]
     assert packed["verdict"] == "HELD" and packed["patch"] is None and len(packed["stages"]) == 1
-    case = ET.parse(tmp_path / "o.xml").getroot().find("testcase")
+    case = ET.parse(tmp_path / "o.xml").getroot().find("testsuite/testcase")
     assert case.find("failure") is None and "contract: sentinel=CONTRACT_HELD" in case.find("system-out").text
     assert "**HELD**" in (tmp_path / "o.md").read_text()
 

@@ -7,7 +7,7 @@ from harness.run.execution import run_command
 def test_output_and_log_kept(tmp_path):
     done = run_command([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr)"],
                        tmp_path, {}, 30, tmp_path / "logs" / "stage.log", header="# hdr\n")
-    assert done.exit_code == 0 and not done.timed_out and done.stdout.strip() == "out"
+    assert done.exit_code == 0 and not done.timed_out and done.stdout_tail.strip() == "out"
     log = (tmp_path / "logs" / "stage.log").read_text()
     assert log.startswith("# hdr\n") and "out" in log and "err" in log
 

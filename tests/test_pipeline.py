@@ -67,7 +67,7 @@ def test_no_gpu_still_fetches_and_patches_then_skips(collection, upstream, opts,
                                                "cuda": {"available": False, "runtime": None}}})
     folder = collection.add_pack("01", "toy", upstream.base, gpu="true")
     result = run(collection, opts, folder)
-    assert result.verdict == "SKIPPED" and "no CUDA GPU" in result.reason
+    assert result.verdict == "SKIPPED" and "no NVIDIA GPU here" in result.reason
     assert result.patch["status"] == "applied" and result.source["commit"] == upstream.base
     assert result.stages == []
 

@@ -144,9 +144,9 @@ class History:
         """A pristine tree of commit in the cache (the entry a normal run at that commit uses)."""
         final = sources.git_entry(cache, self.repo, commit.sha, self.paths)
         ref = f"bisect {commit.sha[:12]}"
-        if (final / "source.json").is_file():
+        if sources.cached(final, f"{self.repo}@{commit.sha[:12]}", progress):
             return sources.Source("git", self.repo, ref, commit.sha, final / "tree", "bisect", from_cache=True)
-        staging = sources._staging(cache)  # the cache's own staging and atomic move, as sources.acquire_git
+        staging = sources.staging_dir(cache)  # the cache's own staging and atomic move, as sources.acquire_git
         try:
             self.checkout(commit.sha, staging / "tree", progress)
         except GitError as exc:
@@ -157,8 +157,8 @@ class History:
             raise
         meta = {"kind": "git", "repo": self.repo, "ref": ref, "commit": commit.sha, "paths": list(self.paths),
                 "url": f"https://github.com/{self.repo}", "via": f"bisect history {self.git_dir}",
-                "fetched_at": sources._stamp()}
-        sources._finish_entry(staging, final, meta)
+                "fetched_at": sources.stamp()}
+        sources.finish_entry(staging, final, meta)
         return sources.Source("git", self.repo, ref, commit.sha, final / "tree", "bisect")
 
     # ------------------------------------------------------------ compact history for bundles
@@ -274,7 +274,7 @@ def _write_bundle_history(pack: Pack, history: History, dest: Path, old: dict[st
         "new": {"ref": far_ref, "commit": far, "resolution": how},
         "bundle": bundle_file.name, "bundle_bytes": bundle_file.stat().st_size,
         "commits": [{**c.record(), "compact": mapping[c.sha]} for c in chain],
-        "created_at": sources._stamp(),
+        "created_at": sources.stamp(),
     }
     (folder / f"{pack.name}.json").write_text(json.dumps(index, indent=2) + "\n")
     return index

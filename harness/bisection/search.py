@@ -41,10 +41,12 @@ from rich.table import Table
 from ..core import manifest
 from ..core.layout import Layout, default_cache_dir
 from ..core.manifest import Pack
-from ..offline import boot as offline_boot
-from ..offline import bundle
+from ..core.model import Sentinel
+from ..envs import probe
+from ..envs.provision import Env, EnvError
+from ..offline import boot, bundle
 from ..report.markdown import headline
-from ..run import importing, pipeline
+from ..run import importing, kinds, pipeline
 from ..sources import upstream as sources
 from ..sources.gitutil import GitError
 from . import history
@@ -52,8 +54,8 @@ from .history import Commit
 
 Progress = Callable[[str], None]
 OLD, NEW, SKIP = "old", "new", "skip"
-BUG, FIX = "BUG_REPRODUCED", "FIX_VALIDATED"
-CONTRACT_BROKEN, CONTRACT_HELD = "CONTRACT_BROKEN", "CONTRACT_HELD"
+BUG, FIX = Sentinel.BUG_REPRODUCED, Sentinel.FIX_VALIDATED
+CONTRACT_BROKEN, CONTRACT_HELD = Sentinel.CONTRACT_BROKEN, Sentinel.CONTRACT_HELD
 
 
 def sentinel_pair(pack: Pack) -> tuple[str, str]:
@@ -185,18 +187,32 @@ def _search(pack: Pack, chain: list[Commit], tree_for, opts: pipeline.RunOptions
         _stop(result, f"the far end {result.new['ref']} is the old end's own commit: no history to bisect")
         return
     say(f"{len(chain) - 1} first-parent commits from {chain[0].sha[:12]} to {chain[-1].sha[:12]}")
-    result.environment, unmet = pipeline.probe_requirements(pack, opts)
+    unmet = pipeline.machine_unmet(pack, opts)
+    if unmet:
+        _stop(result, "this machine cannot run the reproducer: " + "; ".join(unmet))
+        return
+    spec = kinds.StageSpec("bisect", "clean", "pack")  # every tested commit is a clean stage
+    try:
+        env = pipeline.stage_env(pack, spec, opts, say)
+    except EnvError as exc:
+        _stop(result, f"the reproducer's environment cannot be had here: {exc}")
+        return
+    result.environment = pipeline.env_probe(pack, env, opts)
+    unmet = probe.unmet_requirements(result.environment, pack.gpu, pack.min_capability, pack.gpus,
+                                     pack.python_deps if env.path is None else ())
     if unmet:
         _stop(result, "this machine cannot run the reproducer: " + "; ".join(unmet))
         return
     opts, _ = pipeline.with_companions(pack, opts, say)  # the same unpatched companion trees for every commit
+    plan = kinds.plan_for(pack, None)
 
     def one_tree_at_a_time(commit: Commit) -> sources.Source:
         with pipeline.CACHE_LOCK:  # trees come out of one git dir into the cache; only reproducers run side by side
             return tree_for(commit)
 
     def test(position: int, old_sentinel: str | None) -> Tested:
-        tested = _test(pack, chain[position], position, one_tree_at_a_time, opts, pack_dir, say, old_sentinel)
+        tested = _test(pack, plan, env, chain[position], position, one_tree_at_a_time, opts, pack_dir, say,
+                       old_sentinel)
         result.tested.append(tested)
         return tested
 
@@ -261,8 +277,8 @@ def _said(t: Tested) -> str:
     return t.sentinel if t.sentinel and not t.error else f"no trusted sentinel ({t.error})"
 
 
-def _test(pack: Pack, commit: Commit, position: int, tree_for, opts: pipeline.RunOptions, pack_dir: Path,
-          say: Progress, old_sentinel: str | None) -> Tested:
+def _test(pack: Pack, plan: kinds.Plan, env: Env, commit: Commit, position: int, tree_for, opts: pipeline.RunOptions,
+          pack_dir: Path, say: Progress, old_sentinel: str | None) -> Tested:
     """One reproducer run on commit's clean tree; state old/new/skip against the old end's sentinel."""
     def skipped(error: str) -> Tested:
         say(f"{commit.sha[:12]}: skipped ({error})")
@@ -278,7 +294,8 @@ def _test(pack: Pack, commit: Commit, position: int, tree_for, opts: pipeline.Ru
         artifacts.mkdir()
         timeout = opts.timeout_s or pack.timeout_s
         # the pipeline's own stage runner: same environment, import setup, timeout and sentinel trust rules
-        stage = pipeline._stage(f"bisect/{commit.sha}", tree, pack, opts, pack_dir, artifacts, timeout, source, say)
+        spec = kinds.StageSpec(f"bisect/{commit.sha}", "clean", "pack")
+        stage = pipeline.run_stage(spec, tree, pack, plan, opts, pack_dir, artifacts, timeout, source, env, say)
     except (sources.SourceUnreachable, KeyboardInterrupt):
         raise
     except (sources.SourceError, importing.ImportSetupError) as exc:
@@ -332,14 +349,10 @@ def _pick(chain: list[Commit], ref: str, named: dict[str, str]) -> int | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def cli_run(args, layout: Layout, console: Console, err: Console) -> int:
-    """`runner.py --bisect NN [--upstream REF] [--bisect-from REF] [--offline DIR] [--json PATH]`."""
-    for flag, bad in (("--check", args.check), ("--source", args.source), ("--all", args.all),
-                      ("--pack", args.pack), ("--repeat", args.repeat > 1), ("--bundle", args.bundle),
-                      ("--receipt", args.receipt)):
-        if bad:
-            err.print(f"[red]error:[/] --bisect runs on its own; it does not combine with {flag}")
-            return EXIT_USAGE
+def cli_run(args, layout: Layout, console: Console, err: Console,
+            make_opts: Callable[[Path], pipeline.RunOptions]) -> int:
+    """`runner.py --bisect NN [--upstream REF] [--bisect-from REF] [--offline DIR] [--json PATH]`; the command
+    line has already refused options that do not apply to it."""
     try:
         pack = manifest.load_pack(manifest.select([args.bisect], layout)[0], layout)
     except manifest.ManifestError as exc:
@@ -349,9 +362,6 @@ def cli_run(args, layout: Layout, console: Console, err: Console) -> int:
         err.print(f"[red]error:[/] --bisect {pack.name}: a compiler pack runs released {pack.compiler.package} "
                   f"wheels, and the commits in between have none; bisecting it needs a source build per commit")
         return EXIT_USAGE
-    if args.bisect_jobs < 1:
-        err.print("[red]error:[/] --bisect-jobs takes a number of commits to test side by side, 1 or more")
-        return EXIT_USAGE
     if args.bisect_jobs > 1 and pack.kind == "perf":
         err.print(f"[red]error:[/] --bisect {pack.name} --bisect-jobs {args.bisect_jobs}: this pack's verdict is a "
                   f"timing, and runs that share the machine would change it; bisect it with one job")
@@ -359,9 +369,7 @@ def cli_run(args, layout: Layout, console: Console, err: Console) -> int:
     start = time.monotonic()
     progress = lambda msg: err.print(f"[dim]{time.monotonic() - start:6.1f}s[/] {esc(msg)}", highlight=False)  # noqa: E731
     cache = (args.cache_dir or default_cache_dir()).resolve()
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    opts = pipeline.RunOptions(cache_dir=cache, run_dir=(args.run_dir or layout.runs / stamp).resolve(),
-                               layout=layout, timeout_s=args.timeout, keep=args.keep, python=args.interpreter)
+    opts = make_opts(cache)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
         if args.offline:
@@ -403,10 +411,10 @@ def _online(pack: Pack, args, cache: Path, progress: Progress):
 
 def _offline(pack: Pack, args, opts: pipeline.RunOptions, progress: Progress):
     where = args.offline.resolve()
-    cache, extra_path, made = bundle.open_bundle(where, progress)  # checks every file's sha256, history included
-    opts.extra_pythonpath = extra_path
-    opts.cache_dir = cache  # companions come from the bundle's source cache, as in an --offline run
-    opts.bundle = bundle.run_record(where, made)
+    opened = bundle.open_bundle(where, progress)  # checks every file's sha256, history included
+    opts.units, opts.offline = opened.units, True
+    opts.cache_dir = opened.cache  # companions come from the bundle's source cache, as in an --offline run
+    opts.bundle = opened.record
     index = history.read_bundle_index(where, pack)
     chain = history.bundled_chain(index)
     named = {index["old"]["ref"]: index["old"]["commit"], index["new"]["ref"]: index["new"]["commit"]}
@@ -420,7 +428,7 @@ def _offline(pack: Pack, args, opts: pipeline.RunOptions, progress: Progress):
                 f"({chain[0].sha[:12]}..{chain[-1].sha[:12]}); '{ref}' is not one of its commits")
     if lo >= hi:
         raise sources.SourceError(f"'{old_ref}' does not come before '{far_ref}' in the bundled history")
-    unpack = offline_boot.unpack_dir(where)
+    unpack = boot.unpack_dir(where)
     hist = history.from_bundle(where, index, unpack / "history")
     tree_cache = unpack / "cache"
     result = BisectResult(pack.name, pack.repo, list(index["paths"]), {"ref": old_ref, "commit": chain[lo].sha},

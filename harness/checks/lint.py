@@ -2,55 +2,32 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
 from ..core import manifest
 from ..core.layout import Layout
 from ..core.manifest import ManifestError, Pack
-from ..envs import locks as stacks
+from ..envs import locks
+from ..sources import patching
 from ..sources.patching import patch_files
 
-HUNK_RE = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+SENTINEL_TOKENS = {True: ("EVIDENCE", "CONTRACT_HELD", "CONTRACT_BROKEN", "INCONCLUSIVE"),
+                   False: ("EVIDENCE", "BUG_REPRODUCED", "FIX_VALIDATED", "INCONCLUSIVE")}
 
 
-def check_unified_diff(patch: Path) -> list[str]:
-    """Problems with a patch file as a unified diff: hunks whose line counts disagree with their
-    headers, no file sections, paths that leave the repository."""
-    problems: list[str] = []
-    lines = patch.read_text(encoding="utf-8", errors="replace").splitlines()
-    files = patch_files(patch)
-    if not files:
-        problems.append(f"{patch.name}: no 'diff --git' sections")
-    for f in files:
-        if f.startswith("/") or ".." in Path(f).parts:
-            problems.append(f"{patch.name}: path '{f}' is not inside the target repository")
-    i = 0
-    while i < len(lines):
-        m = HUNK_RE.match(lines[i])
-        if not m:
-            i += 1
-            continue
-        old = int(m.group(2)) if m.group(2) is not None else 1
-        new = int(m.group(4)) if m.group(4) is not None else 1
-        j = i + 1
-        while j < len(lines) and (old > 0 or new > 0):
-            tag = lines[j][:1]
-            if tag == " " or lines[j] == "":
-                old, new = old - 1, new - 1
-            elif tag == "-":
-                old -= 1
-            elif tag == "+":
-                new -= 1
-            elif tag == "\\":
-                pass
-            else:
-                break
-            j += 1
-        if old != 0 or new != 0:
-            problems.append(f"{patch.name}: hunk '{lines[i]}' (line {i + 1}) has the wrong number of lines")
-        i = j
-    return problems
+def printed_words(source: str) -> set[str]:
+    """Sentinel words the reproducer's code holds as string values (not comments, not docstrings): what it
+    can print. A syntax error is reported by the caller."""
+    tree = ast.parse(source)
+    docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)
+                  and isinstance(node.value, ast.Constant)}
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            found |= {w for w in (*SENTINEL_TOKENS[True], *SENTINEL_TOKENS[False]) if w in node.value}
+    return found
 
 
 def lint_pack(pack_dir: Path, layout: Layout) -> tuple[Pack | None, list[str]]:
@@ -66,7 +43,7 @@ def lint_pack(pack_dir: Path, layout: Layout) -> tuple[Pack | None, list[str]]:
         if not pack.patch_path.is_file():
             problems.append(f"{pack.name}: patches/{pack.name}.patch is missing")
         else:
-            problems += check_unified_diff(pack.patch_path)
+            problems += [f"{pack.name}: {p}" for p in patching.problems(pack.patch_path)]
             if pack.source_paths:
                 for f in patch_files(pack.patch_path):
                     if not any(manifest.inside(f, s) for s in pack.source_paths):
@@ -79,22 +56,31 @@ def lint_pack(pack_dir: Path, layout: Layout) -> tuple[Pack | None, list[str]]:
         if not re.search(r"^#+\s*Scope\b", readme, re.MULTILINE | re.IGNORECASE):
             problems.append(f"{pack.name}: README.md has no 'Scope' section")
     if pack.repro_path.is_file():
-        repro = pack.repro_path.read_text(encoding="utf-8")
+        repro = pack.repro_path.read_bytes().decode("utf-8", "replace")
         if re.search(r"^\s*(from|import)\s+harness\b", repro, re.MULTILINE):
             problems.append(f"{pack.name}: repro.py imports the harness; reproducers must stand alone")
-        tokens = (("EVIDENCE", "CONTRACT_HELD", "CONTRACT_BROKEN", "INCONCLUSIVE") if pack.is_contract
-                  else ("EVIDENCE", "BUG_REPRODUCED", "FIX_VALIDATED", "INCONCLUSIVE"))
-        for token in tokens:
-            if token not in repro:
-                problems.append(f"{pack.name}: repro.py never prints {token}")
-    problems += stacks.pack_problems(pack, layout)
+        try:
+            words = printed_words(repro)
+        except (SyntaxError, ValueError, RecursionError) as exc:
+            problems.append(f"{pack.name}: repro.py does not parse as Python: {exc}")
+        else:
+            for token in SENTINEL_TOKENS[pack.is_contract]:
+                if token not in words:
+                    problems.append(f"{pack.name}: repro.py never prints {token} (no string in its code holds it)")
+    try:
+        problems += locks.pack_problems(pack, layout)
+    except locks.StackError as exc:
+        problems.append(f"{pack.name}: {exc}")
+    if not pack.stack and not pack.retired and locks.stacks_dir(layout).is_dir():  # a collection with stacks
+        problems.append(f"{pack.name}: no [requires].stack: name the stack whose locked environment it runs in "
+                        f"(stacks/: {', '.join(locks.available(layout)) or 'none'})")
     return pack, problems
 
 
 def lint(layout: Layout | None = None) -> list[str]:
     layout = layout or Layout()
     problems: list[str] = []
-    seen: dict[str, str] = {}
+    seen: dict[int, str] = {}
     folders = manifest.discover(layout)
     for stray in sorted(p.name for p in layout.packs.iterdir()) if layout.packs.is_dir() else []:
         if not manifest.PACK_DIR_RE.match(stray) and not stray.startswith("."):
@@ -102,7 +88,7 @@ def lint(layout: Layout | None = None) -> list[str]:
     for folder in folders:
         pack, found = lint_pack(folder, layout)
         problems += found
-        pid = manifest.PACK_DIR_RE.match(folder.name).group(1)
+        pid = int(manifest.PACK_DIR_RE.match(folder.name).group(1))
         if pid in seen:
             problems.append(f"pack id {pid} is used by both {seen[pid]} and {folder.name}")
         seen[pid] = folder.name

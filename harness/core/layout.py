@@ -18,6 +18,12 @@ def default_cache_dir() -> Path:
     return Path(xdg).expanduser().resolve() / "upstream-repro"
 
 
+def default_env_dir() -> Path:
+    """Where provisioned environments and their unit store live: $REPRO_ENV_DIR, else <cache dir>/envs."""
+    explicit = os.environ.get("REPRO_ENV_DIR")
+    return Path(explicit).expanduser().resolve() if explicit else default_cache_dir() / "envs"
+
+
 @dataclass(frozen=True)
 class Layout:
     """The folders of one collection checkout (tests point this at a temporary copy)."""

@@ -22,7 +22,7 @@ from .layout import Layout
 
 DEFAULT_TIMEOUT_S = 900
 CONTRACT_KINDS = ("parity", "perf")  # no patch: HELD / BROKEN at a ref (PACKS.md, contract packs)
-PACK_DIR_RE = re.compile(r"^([0-9]{2,3})-([a-z0-9]+(?:-[a-z0-9]+)*)$")
+PACK_DIR_RE = re.compile(r"^([0-9]{2}|[1-9][0-9]{2})-([a-z0-9]+(?:-[a-z0-9]+)*)$")  # 05, 22, 105: one spelling each
 SELECTOR_RE = re.compile(r"^[0-9]{1,3}$|^[0-9]{2,3}-[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 
@@ -49,6 +49,7 @@ class CompilerFix:
     fix_commit: str
     base_wheels: tuple[str, ...]
     fixed_wheels: tuple[str, ...]
+    fixed_stack: str | None = None  # the stack (environment) of the fixed-release stage; the base's is [requires].stack
 
 
 @dataclass(frozen=True)
@@ -160,9 +161,18 @@ def load_pack(pack_dir: Path, layout: Layout | None = None) -> Pack:
         raise ManifestError(f"{manifest}: missing; every pack folder needs a pack.toml")
     try:
         data = tomllib.loads(manifest.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{manifest}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError(f"{manifest}: not valid TOML: {exc}") from exc
-    validate_manifest(data, manifest)
+    except RecursionError as exc:
+        raise ManifestError(f"{manifest}: nested too deeply to be a pack manifest") from exc
+    except OSError as exc:
+        raise ManifestError(f"{manifest}: cannot be read ({exc.strerror})") from exc
+    try:
+        validate_manifest(data, manifest)
+    except RecursionError as exc:
+        raise ManifestError(f"{manifest}: nested too deeply to be a pack manifest") from exc
 
     match = PACK_DIR_RE.match(pack_dir.name)
     if not match:
@@ -227,7 +237,7 @@ def _compiler(table: dict[str, Any] | None) -> CompilerFix | None:
     if table is None:
         return None
     return CompilerFix(table["package"], table["fixed_release"], table["fix_commit"], tuple(table["base_wheels"]),
-                       tuple(table["fixed_wheels"]))
+                       tuple(table["fixed_wheels"]), table.get("fixed_stack"))
 
 
 def inside(path: str, parent: str) -> bool:

@@ -1,16 +1,24 @@
-"""Environment probe, run with the reproducer's interpreter (it may be another Python than the
-runner's). Prints one JSON object: what PyTorch's collect_env and Liger's env_report ask for.
-Stdlib only at import time; torch is imported inside a try."""
+"""Environment probe, run with the reproducers' interpreter (it may be another Python than the runner's).
+Prints one JSON object. Stdlib only at import time.
+
+`probe_env.py [DIST ...]`: what PyTorch's collect_env and Liger's env_report ask for (torch is imported
+inside a try): Python, platform, package versions, torch, its CUDA runtime, the GPU.
+`probe_env.py --runtime`: without importing anything: the Python version, and every installed torch /
+triton / nvidia-* / cuda-* distribution with its version, location and top-level entries (what an
+environment links when it reuses this machine's torch), and the CUDA version torch was built for."""
 
 from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 DISTS = ("torch", "triton", "tilelang", "transformer-engine", "numpy", "jsonschema")
+RUNTIME_RE = re.compile(r"^(torch|triton|nvidia-.+|cuda-.+)$")
 
 
 def _version(dist: str) -> str | None:
@@ -62,5 +70,39 @@ def probe(extra_dists: list[str]) -> dict:
     return info
 
 
+def _top_level(dist: metadata.Distribution) -> list[str]:
+    """First path components a distribution installed into its site folder (its RECORD), dist-info included."""
+    tops = set()
+    for f in dist.files or []:
+        parts = Path(str(f)).parts
+        if parts and parts[0] not in ("..", "/") and not str(f).startswith("/"):
+            tops.add(parts[0])
+    return sorted(tops)
+
+
+def runtime() -> dict:
+    found = {}
+    for dist in metadata.distributions():
+        name = re.sub(r"[-_.]+", "-", (dist.metadata["Name"] or "")).lower()
+        if not RUNTIME_RE.match(name) or name in found:
+            continue
+        location = str(Path(str(dist.locate_file(""))).resolve())
+        found[name] = {"version": dist.version, "location": location, "top_level": _top_level(dist)}
+    torch_cuda = None
+    if "torch" in found:
+        version_py = Path(found["torch"]["location"]) / "torch" / "version.py"
+        try:
+            match = re.search(r"^cuda(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", version_py.read_text(), re.MULTILINE)
+            torch_cuda = match.group(1) if match else None
+        except OSError:
+            torch_cuda = None
+    return {"python": f"{sys.version_info[0]}.{sys.version_info[1]}", "python_full": sys.version.split()[0],
+            "executable": sys.executable, "base_executable": getattr(sys, "_base_executable", sys.executable),
+            "runtime": found, "torch_cuda": torch_cuda}
+
+
 if __name__ == "__main__":
-    print(json.dumps(probe(sys.argv[1:])))
+    if sys.argv[1:2] == ["--runtime"]:
+        print(json.dumps(runtime()))
+    else:
+        print(json.dumps(probe(sys.argv[1:])))

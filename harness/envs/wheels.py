@@ -1,59 +1,119 @@
-"""Wheels from the configured package index: download pinned wheels for a target Python, unpack them.
-
-Offline bundles carry them to GPU nodes (bundle.py); compiler packs import one unpacked set per stage
-(wheelsite.py).
-"""
+"""Locked wheels from the package index pip is configured with: `pip download --require-hashes --no-deps`
+for a target Python and platform (pip checks every file against the lock's hashes; nothing is resolved),
+and the sizes the index lists for them (for progress lines and disk checks)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+import hashlib
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ..sources.extract import extract_archive
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+
+from ..run.execution import run_captured
+from ..sources import pkgindex
+from .locks import WHEEL_TAGS, Pin
 
 Progress = Callable[[str], None]
-# manylinux tags pip should accept for an x86_64 node (glibc 2.17 to 2.39)
-DEFAULT_PLATFORMS = ("manylinux2014_x86_64", *(f"manylinux_2_{n}_x86_64" for n in range(17, 40)), "linux_x86_64")
 
 
 class WheelError(Exception):
-    pass
+    """Locked wheels could not be had or did not match the lock; the message names the file."""
 
 
-def download_wheels(specs: list[str], dest: Path, python: str, platforms: tuple[str, ...], progress: Progress) -> None:
-    """pip download, no dependencies: every pin is named in the pack or by runner_requirements()."""
-    if not specs:
-        return
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-           "--python-version", python, "--implementation", "cp", "--dest", str(dest)]
-    for platform in platforms:
-        cmd += ["--platform", platform]
-    progress(f"downloading wheels for Python {python}: {', '.join(specs)}")
-    proc = subprocess.run([*cmd, *specs], capture_output=True, text=True)
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def index_sizes(pins: list[Pin], python: str, platform: str) -> dict[str, int]:
+    """name -> bytes of the file pip would choose (the largest listed file among the lock's hashes that
+    suits the platform); pins the index does not list are left out. Never raises: sizes are for messages."""
+    tags = WHEEL_TAGS.get(platform, ())
+    out: dict[str, int] = {}
+    for pin in pins:
+        try:
+            files = pkgindex.project_files(pin.name)
+        except pkgindex.PackageIndexError:
+            continue
+        sizes = [f.size for f in files if f.size and f.sha256 and pin.allows(f.sha256)
+                 and _suits(f.filename, python, tags)]
+        if sizes:
+            out[pin.name] = max(sizes)
+    return out
+
+
+def _suits(filename: str, python: str, tags: tuple[str, ...]) -> bool:
+    try:
+        _, _, _, wheel_tags = parse_wheel_filename(filename)
+    except InvalidWheelFilename:
+        return False
+    cp = "cp" + python.replace(".", "")
+    return any(t.platform in (*tags, "any") and (t.interpreter in (cp, "py3", "py2.py3") or t.abi == "abi3"
+               or t.interpreter.startswith("py3")) for t in wheel_tags)
+
+
+def download(pins: list[Pin], dest: Path, python: str, platform: str, progress: Progress) -> dict[str, Path]:
+    """Download the locked wheels of `pins` into dest; {canonical name: wheel}. pip runs in hash-checking
+    mode, and each file's sha256 is checked against its pin here again."""
+    if not pins:
+        return {}
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="repro-pins-") as tmp:
+        req = Path(tmp) / "pins.txt"
+        req.write_text("".join(p.line() + "\n" for p in pins))
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
+               "--only-binary=:all:", "--python-version", python, "--implementation", "cp", "--dest", str(dest),
+               "--progress-bar", "off"]
+        for tag in WHEEL_TAGS[platform]:
+            cmd += ["--platform", tag]
+        proc = run_captured([*cmd, "-r", str(req)], timeout=7200)
     if proc.returncode != 0:
-        raise WheelError(f"pip download failed for {specs}: {proc.stderr.strip()[-800:]}")
+        text = proc.stderr.strip()
+        if "DO NOT MATCH THE HASHES" in text:
+            bad = [ln.strip() for ln in text.splitlines() if ln.strip().startswith(("Expected", "Got")) or ".whl" in ln]
+            raise WheelError("a downloaded file does not match the lock's sha256 (nothing was installed): "
+                             + " | ".join(bad[:6]))
+        raise WheelError(f"pip download failed: {text[-800:]}")
+    got: dict[str, Path] = {}
+    by_name = {p.name: p for p in pins}
+    for wheel in dest.glob("*.whl"):
+        try:
+            name = canonicalize_name(parse_wheel_filename(wheel.name)[0])
+        except InvalidWheelFilename:
+            continue
+        pin = by_name.get(name)
+        if pin is None:
+            continue
+        digest = _sha256(wheel)
+        if not pin.allows(digest):
+            raise WheelError(f"{wheel.name}: sha256 {digest} is not one the lock pins for {pin.name}=={pin.version} "
+                             "(nothing was installed)")
+        got[name] = wheel
+    missing = sorted(set(by_name) - set(got))
+    if missing:
+        raise WheelError(f"pip downloaded no wheel for {', '.join(missing)}")
+    return got
 
 
-def unpack_wheels(wheels: Path, tree: Path, prune: tuple[str, ...]) -> list[str]:
-    """Unpack every wheel into one tree the way an installer lays it out; drop pruned paths."""
-    tree.mkdir(parents=True, exist_ok=True)
-    for wheel in sorted(wheels.glob("*.whl")):
-        with tempfile.TemporaryDirectory(dir=tree.parent) as tmp:
-            staging = Path(tmp) / "wheel"
-            extract_archive(wheel, staging, strip_top=False)
-            for data in staging.glob("*.data"):
-                for kind in ("purelib", "platlib"):
-                    if (data / kind).is_dir():
-                        shutil.copytree(data / kind, staging, dirs_exist_ok=True)
-                        shutil.rmtree(data / kind)
-            shutil.copytree(staging, tree, dirs_exist_ok=True)
-    removed = []
-    for pattern in prune:
-        for path in sorted(tree.glob(pattern)):
-            removed.append(str(path.relative_to(tree)))
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return removed
+def from_folder(pins: list[Pin], folder: Path) -> dict[str, Path]:
+    """The locked wheels of `pins` from a local folder of wheels (a container build's wheelhouse), each
+    checked against its pin's sha256; a missing or mismatching file is an error naming it."""
+    got: dict[str, Path] = {}
+    candidates: dict[str, list[Path]] = {}
+    for wheel in sorted(folder.glob("*.whl")):
+        try:
+            candidates.setdefault(canonicalize_name(parse_wheel_filename(wheel.name)[0]), []).append(wheel)
+        except InvalidWheelFilename:
+            continue
+    for pin in pins:
+        match = [w for w in candidates.get(pin.name, []) if pin.allows(_sha256(w))]
+        if not match:
+            raise WheelError(f"{folder}: no wheel of {pin.name}=={pin.version} with a sha256 the lock pins")
+        got[pin.name] = match[0]
+    return got

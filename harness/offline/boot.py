@@ -1,59 +1,145 @@
-"""Stdlib-only start-up for `runner.py --offline DIR` on a node without network: unpack the bundle's
-runner dependencies and append them to sys.path *after* everything installed (they only fill gaps),
-before the harness imports jsonschema, rich or packaging."""
+"""Stdlib-only start-up for `runner.py --offline DIR` on a node without network, before the harness
+imports jsonschema, rich or packaging: check every file of the bundle against bundle.json, then unpack
+the runner's own dependencies and append them to sys.path *after* everything installed (they only fill
+gaps). Nothing from the bundle is unpacked or imported before its hash was checked, only archives that
+bundle.json lists are read, and an unpack folder left by an earlier run is used only when its contents
+match the digests bundle.json records (a folder seeded by someone else is unpacked again).
+
+This module and what it imports (core.treehash, core.fsutil, sources.extract) use the standard library only."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
+from ..core import fsutil, treehash
 from ..sources.extract import extract_archive
 
 MANIFEST = "bundle.json"
+FORMAT = 2  # bundles of units (this runner); older bundles are refused with the command that remakes them
+
+
+class BootError(Exception):
+    """A bundle that cannot be used: missing, changed, or made by an older runner."""
+
+
+VERIFIED: dict[str, str] = {}  # bundle folder -> sha256 of its bundle.json, checked in this process
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(bundle: Path) -> dict:
+    path = bundle / MANIFEST
+    if not path.is_file():
+        raise BootError(f"--offline {bundle}: no {MANIFEST}; make a bundle with --bundle where the network is")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BootError(f"--offline {bundle}: {MANIFEST} cannot be read ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format", 1) if isinstance(data, dict) else "?"
+        raise BootError(f"--offline {bundle}: made by an older runner (bundle format {found}, this runner reads "
+                        f"{FORMAT}); make it again with python runner.py --bundle")
+    for key in ("files", "archives", "units", "created_at"):
+        if key not in data:
+            raise BootError(f"--offline {bundle}: {MANIFEST} has no '{key}'; make the bundle again")
+    return data
+
+
+def verify(bundle: Path) -> dict:
+    """bundle.json, once every file it lists is present with its sha256 and every archive it names is one
+    of those files (nothing outside the folder, nothing unlisted)."""
+    data = read_manifest(bundle)
+    files = data["files"]
+    if not isinstance(files, dict):
+        raise BootError(f"--offline {bundle}: {MANIFEST} 'files' is not a table of names and hashes")
+    root = bundle.resolve()
+    for name in [*files, *[a for a in data["archives"].values() if a]]:
+        resolved = (root / name).resolve() if isinstance(name, str) else root
+        if resolved == root or not resolved.is_relative_to(root):
+            raise BootError(f"--offline {bundle}: {MANIFEST} names '{name}', which is outside the bundle")
+    for archive in (a for a in data["archives"].values() if a):
+        if archive not in files:
+            raise BootError(f"--offline {bundle}: archive '{archive}' is not among the hashed files of {MANIFEST}")
+    digest = _sha256(bundle / MANIFEST)
+    if VERIFIED.get(str(root)) == digest:
+        return data
+    bad = [name for name, want in files.items() if not (bundle / name).is_file() or _sha256(bundle / name) != want]
+    if bad:
+        raise BootError(f"--offline {bundle}: files missing or changed since bundling: {', '.join(bad[:5])}; "
+                        "copy the bundle again")
+    VERIFIED[str(root)] = digest
+    return data
 
 
 def unpack_dir(bundle: Path) -> Path:
-    """Where this bundle's wheel trees are unpacked: the bundle folder may be read-only."""
+    """Where this bundle's archives are unpacked (the bundle folder may be read-only)."""
     digest = hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest()[:16]
     return Path(os.environ.get("REPRO_OFFLINE_UNPACK", tempfile.gettempdir())) / f"upstream-repro-bundle-{digest}"
 
 
-def once(target: Path, fill: Callable[[Path], None]) -> Path:
-    """target, made by fill(target) unless an earlier call finished it (a `.done` file beside it says
-    so); what a cut-off call left is removed first."""
+def once(target: Path, fill, intact) -> Path:
+    """target, made by fill(target) unless a finished earlier one (a `.done` beside it) passes intact(target);
+    anything else there is removed first."""
     done = target.with_name(target.name + ".done")
-    if done.is_file():
+    if done.is_file() and target.is_dir() and intact(target):
         return target
-    if target.exists():
-        shutil.rmtree(target)  # an unpack that was cut off
+    done.unlink(missing_ok=True)
+    fsutil.remove_tree(target)
     fill(target)
     done.write_text("ok\n")
     return target
 
 
-def unpack(bundle: Path, archive: str) -> Path:
-    """Unpack bundle/archive (a .tar.xz of one wheel tree) once, with extract.py's checks; later calls
-    reuse it."""
-    return once(unpack_dir(bundle) / archive.removesuffix(".tar.xz"),
-                lambda target: extract_archive(bundle / archive, target, strip_top=False))
+def units_intact(folder: Path, expected: dict) -> bool:
+    """Every unit bundle.json lists is in folder, its manifest is the one bundle.json records, and its files
+    match that manifest."""
+    for sha, meta in expected.items():
+        try:
+            unit = json.loads((folder / sha / "unit.json").read_text())
+        except (OSError, ValueError):
+            return False
+        if treehash.digest(unit.get("files", {})) != meta["digest"]:
+            return False
+        problems, _ = treehash.differences(folder / sha / "tree", unit["files"],
+                                           fsutil.read_json(folder / sha / "stat.json"))
+        if problems:
+            return False
+    return True
+
+
+def unpack_units(bundle: Path, data: dict, archive_key: str, units_key: str) -> Path:
+    """The bundle's archive of units (checked, unpacked once, verified at every reuse)."""
+    archive = data["archives"][archive_key]
+    target = unpack_dir(bundle) / archive_key
+    return once(target, lambda t: extract_archive(bundle / archive, t, strip_top=False),
+                lambda t: units_intact(t, data[units_key]))
 
 
 def boot(argv: list[str]) -> None:
-    """Called by runner.py before the harness is imported."""
+    """Called by runner.py before the harness imports its dependencies."""
     if "--offline" not in argv:
         return
     i = argv.index("--offline")
     if i + 1 >= len(argv):
         return  # argparse will report the missing folder
     bundle = Path(argv[i + 1]).resolve()
-    if not (bundle / MANIFEST).is_file():
-        return  # the CLI will say that this is not a bundle
-    manifest = json.loads((bundle / MANIFEST).read_text())
-    if manifest.get("runner_site"):
-        sys.path.append(str(unpack(bundle, manifest["runner_site"])))
+    try:
+        data = verify(bundle)
+    except BootError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if data["archives"].get("runner") and data.get("runner_units"):
+        folder = unpack_units(bundle, data, "runner", "runner_units")
+        for sha in sorted(data["runner_units"]):
+            sys.path.append(str(folder / sha / "tree"))

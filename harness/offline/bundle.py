@@ -1,83 +1,68 @@
-"""Offline bundles for GPU nodes without network (DESIGN.md, "Offline bundles").
+"""Offline bundles for GPU nodes without network.
 
-`--bundle DIR` (on a machine with the package index) writes:
-  packs-site.tar.xz   the packs' pinned extra wheels for the node's Python and platform, unpacked into
-                      one tree (minus each pack's bundle_prune paths) and packed as one xz archive
-  runner-site.tar.xz  the runner's own dependencies, as installed here (they only fill gaps there)
-  sources.tar.xz      the packs' pristine source cache (sparse git trees or sdists, without .git; a
-                      companion sdist only with its import paths), unpacked once on the node
-  bundle.json         what is in it, with sha256 of every file
-`--offline DIR` (on the node) checks the hashes, unpacks the wheel trees once and runs from them alone.
-"""
+`--bundle DIR --pack ... --python X.Y` (where the package index can be reached) writes:
+  units.tar.xz        every locked distribution the packs' stacks need for that Python, each once, unpacked
+                      (a unit of the store, envs/store.py), minus each pack's bundle_prune paths: one solid
+                      xz archive, so stacks that share pins (tilelang, z3) carry them once
+  runner-site.tar.xz  the runner's own dependencies (stacks/runner's lock) as units, for nodes that lack them
+  sources.tar.xz      the packs' pristine source cache entries (sparse git trees or sdists, without .git; a
+                      companion sdist only with its import paths), each with its manifest
+  bundle.json         what is in it: the sha256 of every file, and the digest of every unit's and every source
+                      entry's manifest
+By default the runtime (torch, triton, the CUDA libraries) stays out: a GPU node has its torch, and the
+environment reuses it when it is the locked build (envs/provision.py); `--bundle-runtime` carries it too
+(gigabytes). `--offline DIR` on the node checks every hash (offline/boot.py, before anything is imported),
+unpacks each archive once, and provisions the very same environments from these units that an online run
+provisions from the index."""
 
 from __future__ import annotations
 
-import json
 import lzma
 import shutil
 import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
-
-from packaging.requirements import Requirement
+from typing import Any
 
 from .. import __version__
+from ..core import fsutil, treehash
+from ..core.layout import Layout
 from ..core.manifest import Pack
-from ..envs import wheelsite
-from ..envs.wheels import DEFAULT_PLATFORMS, download_wheels, unpack_wheels  # noqa: F401 - DEFAULT_PLATFORMS: cli
-from ..report.receipts import sha256_file
-from ..sources import companions
+from ..envs import locks, provision, store
+from ..envs.locks import Lock, Pin
+from ..sources import companions, extract
 from ..sources import upstream as sources
-from . import boot as offline_boot
+from . import boot
 
 Progress = Callable[[str], None]
-PACKS_SITE, RUNNER_SITE, SOURCES = "packs-site.tar.xz", "runner-site.tar.xz", "sources.tar.xz"
+UNITS, RUNNER_SITE, SOURCES = "units.tar.xz", "runner-site.tar.xz", "sources.tar.xz"
+LOCAL_FILES = frozenset({"stat.json"})  # a tree's stats belong to the machine it lies on: never bundled
 
 
 class BundleError(Exception):
     pass
 
 
-def runner_requirements() -> list[str]:
-    """The harness's runtime dependencies and theirs, pinned to what is installed here."""
-    todo, seen, pins = ["upstream-repro"], set(), []
-    while todo:
-        name = todo.pop()
-        key = name.lower().replace("_", "-")
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue
-        if key != "upstream-repro":
-            pins.append(f"{dist.metadata['Name']}=={dist.version}")
-        for raw in dist.requires or []:
-            req = Requirement(raw)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(req.name)
-    return sorted(pins)
-
-
 def pack_tree(tree: Path, archive: Path) -> None:
-    """tree -> archive (.tar.xz, preset 9; the xz tool's threads when it is installed)."""
+    """tree -> archive (.tar.xz, preset 9; the xz tool's threads when it is installed). Owners are dropped,
+    modification times kept (tilelang keys its kernel cache on its library's size and mtime)."""
     plain = archive.with_suffix("")  # .tar
     with tarfile.open(plain, "w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(tree.rglob("*")):
-            if path.is_file() or path.is_dir():
-                info = tar.gettarinfo(str(path), arcname=str(path.relative_to(tree)))
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                if path.is_file():
-                    with open(path, "rb") as fh:
-                        tar.addfile(info, fh)
-                else:
-                    tar.addfile(info)
+            if path.name in LOCAL_FILES or path.is_symlink() or not (path.is_file() or path.is_dir()):
+                continue
+            info = tar.gettarinfo(str(path), arcname=str(path.relative_to(tree)))
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if path.is_file():
+                with open(path, "rb") as fh:
+                    tar.addfile(info, fh)
+            else:
+                tar.addfile(info)
     if shutil.which("xz"):
         subprocess.run(["xz", "-T0", "-9", "-f", str(plain)], check=True)
     else:  # pragma: no cover - xz is on every machine we know
@@ -86,23 +71,36 @@ def pack_tree(tree: Path, archive: Path) -> None:
         plain.unlink()
 
 
-def _copy_entry(entry: Path, cache: Path, dest_cache: Path, keep: frozenset[str] | None = None) -> str:
-    """Copy one cache entry; with `keep`, only those paths of its tree (plus the entry's own files)."""
+# ---------------------------------------------------------------- sources
+
+
+def _copy_entry(entry: Path, cache: Path, dest_cache: Path, keep: frozenset[str] | None = None) -> tuple[str, str]:
+    """Copy one cache entry (its tree, its records); with `keep`, only those paths of its tree, and a manifest
+    cut to them. Returns (the entry's path in the cache, the digest of the manifest it carries)."""
     rel = entry.relative_to(cache)
     target = dest_cache / rel
-    if target.exists():
-        sources.remove_tree(target)
-    skip = shutil.ignore_patterns(".git", "archive")
-    if keep is None:
-        shutil.copytree(entry, target, symlinks=True, ignore=skip)
-        return str(rel)
+    fsutil.remove_tree(target)
     target.mkdir(parents=True)
+    skip = shutil.ignore_patterns(".git", "archive")
+    files = fsutil.read_json(entry / sources.MANIFEST_FILE).get("files")
+    if files is None:
+        raise BundleError(f"{entry}: no {sources.MANIFEST_FILE} (made by an older runner); remove it from the cache "
+                          "and bundle again")
     for item in entry.iterdir():
-        if item.is_file():
+        if item.is_file() and item.name not in LOCAL_FILES and item.name != sources.MANIFEST_FILE:
             shutil.copy2(item, target / item.name)
-    for path in sorted(keep):
-        shutil.copytree(entry / "tree" / path, target / "tree" / path, symlinks=True, ignore=skip)
-    return str(rel)
+    if keep is None:
+        shutil.copytree(entry / "tree", target / "tree", symlinks=True, ignore=skip)
+    else:
+        for path in sorted(keep):
+            shutil.copytree(entry / "tree" / path, target / "tree" / path, symlinks=True, ignore=skip)
+        files = {p: v for p, v in files.items() if any(manifest_inside(p, k) for k in keep)}
+    fsutil.write_json(target / sources.MANIFEST_FILE, {"files": files, "digest": treehash.digest(files)})
+    return str(rel), treehash.digest(files)
+
+
+def manifest_inside(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
 def _companion_keep(pack: Pack) -> list[frozenset[str] | None]:
@@ -111,13 +109,11 @@ def _companion_keep(pack: Pack) -> list[frozenset[str] | None]:
 
 
 def _carry_sources(packs: list[Pack], dest: Path, cache: Path, refs: list[str],
-                   progress: Progress) -> tuple[dict[str, list[dict]], dict[str, list[str]]]:
+                   progress: Progress) -> tuple[dict[str, list[dict]], dict[str, str]]:
     """Write dest/SOURCES: every pack's base, its trees at `refs` and its companions, from the pristine
-    cache. Returns (each pack's carried entries, the companion entries cut to their import paths)."""
-    for old in (dest / "cache", dest / "sources"):  # an earlier bundle's plain cache, or a cut-off one's staging
-        if old.exists():
-            sources.remove_tree(old)
-    dest_cache = dest / "sources"  # staging: packed into SOURCES below
+    cache. Returns (each pack's carried entries, each carried entry's manifest digest)."""
+    staging = dest / "sources"
+    fsutil.remove_tree(staging)
     entries: dict[str, list[dict]] = {}
     # entry folder -> what of it to carry (None: all). A companion is imported, never patched or diffed,
     # so only its import paths travel (Liger 0.8.2's sdist is 39 MiB, its src/ 3 MiB); an entry that is
@@ -139,126 +135,180 @@ def _carry_sources(packs: list[Pack], dest: Path, cache: Path, refs: list[str],
         carried += list(zip(companions.acquire(pack, cache, progress), [True] * len(pack.companions),
                             _companion_keep(pack), strict=True))
         for src, companion, keep in carried:
-            entry = src.tree.parent  # a target's keep is None: it travels whole
+            entry = src.tree.parent
             before = carry.get(entry, keep)
             carry[entry] = None if before is None or keep is None else before | keep
             entries[pack.name].append({"kind": src.kind, "ref": src.ref, "commit": src.commit, "sdist": src.sdist,
                                        "entry": str(entry.relative_to(cache)), "companion": companion})
         refs_file = cache / "refs" / f"{pack.repo.replace('/', '+')}.json"
         if refs and refs_file.is_file():
-            (dest_cache / "refs").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(refs_file, dest_cache / "refs" / refs_file.name)
-
-    pruned_companions = {}
+            (staging / "refs").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(refs_file, staging / "refs" / refs_file.name)
+    digests = {}
     for entry, keep in carry.items():
-        rel = _copy_entry(entry, cache, dest_cache, keep)
-        if keep is not None:
-            pruned_companions[rel] = sorted(keep)
-    # Python sources compress well (the Megatron trees of eight packs at base and main: 50 MiB, 2.3 MB
-    # as xz), and the GPU node's carry is 64 MiB: the source cache travels as one archive.
+        rel, digest = _copy_entry(entry, cache, staging, keep)
+        digests[rel] = digest
     progress("packing the source cache (xz -9)")
-    dest_cache.mkdir(exist_ok=True)
-    pack_tree(dest_cache, dest / SOURCES)
-    sources.remove_tree(dest_cache)
-    return entries, pruned_companions
+    staging.mkdir(exist_ok=True)
+    pack_tree(staging, dest / SOURCES)
+    fsutil.remove_tree(staging)
+    return entries, digests
 
 
-def create(packs: list[Pack], dest: Path, python: str, platforms: tuple[str, ...], cache: Path,
-           refs: list[str], progress: Progress) -> dict:
+# ---------------------------------------------------------------- units
+
+
+def _carry_units(locks_: list[Lock], dest_dir: Path, env_dir: Path, prune: tuple[str, ...], runtime: bool,
+                 progress: Progress) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Copy the units of every lock's pins (the runtime too when `runtime`) into dest_dir/<sha>/, pruned.
+    Returns (units: sha -> record, stacks: stack -> what was carried and left out)."""
+    index = provision.IndexSource(env_dir / "store")
+    units: dict[str, dict] = {}
+    stacks: dict[str, dict] = {}
+    for lock in locks_:
+        runtime_names = set() if runtime else {p.name for p in lock.runtime}
+        pins = [p for p in lock.pins if p.name not in runtime_names]
+        progress(f"{lock.describe()}: carrying {len(pins)} pins" +
+                 (f", leaving out its runtime ({len(runtime_names)} pins: torch, triton, CUDA libraries)"
+                  if runtime_names else ""))
+        for unit in index.units(pins, lock, progress):
+            if unit.sha256 not in units:
+                units[unit.sha256] = _copy_unit(unit, dest_dir, prune)
+            units[unit.sha256].setdefault("stacks", []).append(lock.stack)
+        stacks[lock.stack] = {"lock": lock.path.name, "lock_sha256": lock.sha256, "python": lock.python,
+                              "platform": lock.platform, "carried": sorted(p.name for p in pins),
+                              "left_out": sorted(runtime_names)}
+    return units, stacks
+
+
+def _copy_unit(unit: store.Unit, dest_dir: Path, prune: tuple[str, ...]) -> dict:
+    target = dest_dir / unit.sha256
+    shutil.copytree(unit.tree, target / "tree", symlinks=True)
+    removed = []
+    for pattern in prune:
+        for path in sorted((target / "tree").glob(pattern)):
+            removed.append(str(path.relative_to(target / "tree")))
+            fsutil.remove_tree(path)
+    files, _ = treehash.manifest(target / "tree")
+    meta = {"name": unit.name, "version": unit.version, "wheel": unit.wheel, "sha256": unit.sha256, "files": files,
+            "pruned": removed}
+    fsutil.write_json(target / "unit.json", meta)
+    return {"name": unit.name, "version": unit.version, "wheel": unit.wheel, "digest": treehash.digest(files),
+            "pruned": removed}
+
+
+def create(packs: list[Pack], dest: Path, python: str, platform: str, cache: Path, refs: list[str],
+           layout: Layout, env_dir: Path, progress: Progress, runtime: bool = False) -> dict:
     dest.mkdir(parents=True, exist_ok=True)
-    entries, pruned_companions = _carry_sources(packs, dest, cache, refs, progress)
-
+    for stale in (UNITS, RUNNER_SITE, SOURCES, boot.MANIFEST, "packs-site.tar.xz"):
+        (dest / stale).unlink(missing_ok=True)
+    try:
+        stack_locks = [locks.load(layout, s, python, platform) for s in dict.fromkeys(
+            s for p in packs for s in locks.pack_stacks(p))]
+        runner_lock = locks.load(layout, "runner", python, platform)
+    except locks.StackError as exc:
+        raise BundleError(str(exc)) from exc
+    entries, source_digests = _carry_sources(packs, dest, cache, refs, progress)
+    prune = tuple(sorted({g for p in packs for g in p.bundle_prune}))
     work = Path(tempfile.mkdtemp(prefix="bundle-", dir=dest))
     try:
-        pins = sorted({w for p in packs for w in p.wheels})
-        prune = tuple(sorted({g for p in packs for g in p.bundle_prune}))
-        removed = _unpacked(pins, work, "packs-site", prune, python, platforms, progress)  # [] without pins
-        runner_pins = runner_requirements()
-        _unpacked(runner_pins, work, "runner-site", (), python, platforms, progress)
-        progress("packing the wheel trees (xz -9)")
-        if pins:
-            pack_tree(work / "packs-site", dest / PACKS_SITE)
-        pack_tree(work / "runner-site", dest / RUNNER_SITE)
-        compiler_sites = _compiler_sites(packs, dest, work, python, platforms, progress)
+        (work / "units").mkdir()
+        (work / "runner").mkdir()
+        units, stacks = _carry_units(stack_locks, work / "units", env_dir, prune, runtime, progress)
+        runner_units, _ = _carry_units([runner_lock], work / "runner", env_dir, (), True, progress)
+        progress("packing the units (xz -9)")
+        pack_tree(work / "units", dest / UNITS)
+        pack_tree(work / "runner", dest / RUNNER_SITE)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-    files = {str(p.relative_to(dest)): sha256_file(p) for p in sorted(dest.rglob("*"))
-             if p.is_file() and p.name != offline_boot.MANIFEST}
+        fsutil.remove_tree(work)
+    files = {str(p.relative_to(dest)): treehash.file_sha256(p) for p in sorted(dest.rglob("*"))
+             if p.is_file() and p.name != boot.MANIFEST}
     manifest = {
+        "format": boot.FORMAT,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "runner_version": __version__,
         "python": python,
-        "platforms": list(platforms),
+        "platform": platform,
         "packs": entries,
-        "wheels": pins,
-        "pruned": removed,
-        "companion_trees_cut_to": pruned_companions,
-        "runner_wheels": runner_pins,
-        "packs_site": PACKS_SITE if pins else None,
-        "runner_site": RUNNER_SITE,
-        "sources": SOURCES,
-        "compiler_sites": compiler_sites,
+        "stacks": stacks,
+        "runtime_carried": runtime,
+        "pruned": list(prune),
+        "units": units,
+        "runner_units": runner_units,
+        "sources": source_digests,
+        "archives": {"units": UNITS, "runner": RUNNER_SITE, "sources": SOURCES},
         "files": files,
     }
-    (dest / offline_boot.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    fsutil.write_json(dest / boot.MANIFEST, manifest)
     return manifest
 
 
-def _unpacked(pins: list[str], work: Path, name: str, prune: tuple[str, ...], python: str, platforms: tuple[str, ...],
-              progress: Progress) -> list[str]:
-    """Download `pins` and unpack them into work/name (pruned); the pruned paths."""
-    download_wheels(pins, work / f"{name}-wheels", python, platforms, progress)
-    return unpack_wheels(work / f"{name}-wheels", work / name, prune)
+# ---------------------------------------------------------------- on the node
 
 
-def _compiler_sites(packs: list[Pack], dest: Path, work: Path, python: str, platforms: tuple[str, ...],
-                    progress: Progress) -> dict[str, list[str]]:
-    """Each compiler pack's base and fixed wheel sets, keyed by wheelsite.key of the whole set, as a list of
-    archives: the pins only that set has, then the pins both sets share (packed once: pack 13's z3-solver
-    alone is 45 MB unpacked, and both sets must fit one 64 MiB carry)."""
-    sites: dict[str, list[str]] = {}
-    packed: set[str] = set()
-    for pack in packs:
-        if not pack.is_compiler:
-            continue
-        base, fixed = pack.compiler.base_wheels, pack.compiler.fixed_wheels
-        shared = tuple(p for p in base if p in fixed)
-        for pins in (base, fixed):
-            parts = [part for part in (tuple(p for p in pins if p not in shared), shared) if part]
-            names = [wheelsite.key(part, pack.bundle_prune, python) for part in parts]
-            for part, name in zip(parts, names, strict=True):
-                if name not in packed:
-                    _unpacked(list(part), work, name, pack.bundle_prune, python, platforms, progress)
-                    pack_tree(work / name, dest / f"compiler-{name}.tar.xz")
-                    packed.add(name)
-            sites[wheelsite.key(pins, pack.bundle_prune, python)] = [f"compiler-{n}.tar.xz" for n in names]
-    return sites
+class BundleSource:
+    """Units from an opened bundle: each pin's unit must be one the bundle carries, intact."""
+
+    def __init__(self, folder: Path, manifest: dict, bundle: Path):
+        self.folder, self.manifest, self.bundle = folder, manifest, bundle
+        self.where = f"bundle {bundle}"
+
+    def units(self, pins: list[Pin], lock: Lock, progress: Progress) -> list[store.Unit]:
+        carried = self.manifest["units"]
+        out, missing = [], []
+        for pin in pins:
+            sha = next((h.removeprefix("sha256:") for h in pin.hashes if h.removeprefix("sha256:") in carried), None)
+            unit = store.find(self.folder, sha) if sha else None
+            if unit is None or treehash.digest(unit.files) != carried[sha]["digest"]:
+                missing.append(f"{pin.name}=={pin.version}")
+            else:
+                out.append(unit)
+        if missing:
+            left = self.manifest.get("stacks", {}).get(lock.stack, {}).get("left_out", [])
+            hint = (" (its runtime was left out: this node's torch is not the locked build, so make the bundle with "
+                    "--bundle-runtime)" if any(m.split("==")[0] in left for m in missing) else
+                    f" (made for {', '.join(self.manifest.get('stacks', {})) or 'no stack'}, Python "
+                    f"{self.manifest.get('python')}); make it again for these packs and this Python")
+            raise provision.EnvUnavailable(f"stack {lock.stack}: bundle {self.bundle} does not carry "
+                                           f"{', '.join(missing[:5])}{hint}")
+        return out
+
+    def download_size(self, pins: list[Pin], lock: Lock) -> int | None:
+        return 0
 
 
-def wheel_archives(bundle: Path, manifest: dict) -> dict[str, list[tuple[Path, str]]]:
-    """What a compiler pack's stages unpack on the node instead of downloading (see wheelsite.site)."""
-    return {name: [(bundle, a) for a in archives] for name, archives in (manifest.get("compiler_sites") or {}).items()}
+@dataclass
+class Opened:
+    cache: Path  # the pristine source cache, unpacked
+    units: BundleSource
+    manifest: dict[str, Any]
+    record: dict[str, Any]
 
 
-def open_bundle(bundle: Path, progress: Progress) -> tuple[Path, list[Path], dict]:
-    """Verify a bundle and make it usable: (source cache, PYTHONPATH entries for reproducers, manifest)."""
-    path = bundle / offline_boot.MANIFEST
-    if not path.is_file():
-        raise BundleError(f"--offline {bundle}: no {offline_boot.MANIFEST}; make one with --bundle")
-    manifest = json.loads(path.read_text())
-    progress(f"offline bundle {bundle} (made {manifest['created_at']}): checking {len(manifest['files'])} files")
-    bad = [name for name, digest in manifest["files"].items()
-           if not (bundle / name).is_file() or sha256_file(bundle / name) != digest]
-    if bad:
-        raise BundleError(f"--offline {bundle}: files missing or changed since bundling: {bad[:5]}")
-    site = [offline_boot.unpack(bundle, manifest["packs_site"])] if manifest.get("packs_site") else []
-    # bundles made before the source cache was archived carry it as a plain cache/ folder
-    cache = offline_boot.unpack(bundle, manifest["sources"]) if manifest.get("sources") else bundle / "cache"
-    return cache, site, manifest
+def _sources_intact(folder: Path, expected: dict[str, str]) -> bool:
+    for rel, digest in expected.items():
+        carried = fsutil.read_json(folder / rel / sources.MANIFEST_FILE)
+        if treehash.digest(carried.get("files", {})) != digest or sources.entry_problems(folder / rel):
+            return False
+    return True
 
 
-def run_record(bundle: Path, manifest: dict) -> dict:
-    """What an --offline run records about the bundle it ran from (results, receipts, bisect records)."""
-    return {"path": str(bundle), "created_at": manifest["created_at"], "wheels": manifest["wheels"],
-            "pruned": manifest["pruned"]}
+def open_bundle(bundle: Path, progress: Progress) -> Opened:
+    """Verify a bundle (every file's sha256) and unpack what it carries, once: (source cache, unit source, ...)."""
+    try:
+        manifest = boot.verify(bundle)
+        progress(f"offline bundle {bundle} (made {manifest['created_at']}): {len(manifest['files'])} files checked")
+        units = boot.unpack_units(bundle, manifest, "units", "units")
+
+        def fill(target: Path) -> None:
+            extract.extract_archive(bundle / manifest["archives"]["sources"], target, strip_top=False)
+            (target / sources.OFFLINE_MARK).write_text("unpacked from a bundle: nothing here can be fetched again\n")
+
+        cache = boot.once(boot.unpack_dir(bundle) / "sources", fill,
+                          lambda t: _sources_intact(t, manifest.get("sources", {})))
+    except (boot.BootError, extract.UnsafeArchiveError, OSError) as exc:
+        raise BundleError(str(exc)) from exc
+    record = {"path": str(bundle), "created_at": manifest["created_at"], "python": manifest.get("python"),
+              "stacks": sorted(manifest.get("stacks", {})), "runtime_carried": manifest.get("runtime_carried"),
+              "pruned": manifest.get("pruned", [])}
+    return Opened(cache, BundleSource(units, manifest, bundle), manifest, record)

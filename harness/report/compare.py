@@ -8,16 +8,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..run import verdicts
-from ..run.pipeline import PackResult
+from ..core.model import PackResult, Verdict
 
-ALLOWED = {(verdicts.CONFIRMED, verdicts.FIXED_UPSTREAM), (verdicts.PATCH_CONFLICT, verdicts.FIXED_UPSTREAM),
-           (verdicts.BROKEN, verdicts.HELD)}  # a contract pack: upstream repaired the seam
+ALLOWED = {(Verdict.CONFIRMED, Verdict.FIXED_UPSTREAM), (Verdict.PATCH_CONFLICT, Verdict.FIXED_UPSTREAM),
+           (Verdict.BROKEN, Verdict.HELD)}  # a contract pack: upstream repaired the seam
+
+
+class CompareError(ValueError):
+    """The earlier report cannot be read as one."""
 
 
 def previous_verdicts(path: Path) -> dict[tuple[str, str | None], str]:
-    doc = json.loads(path.read_text())
-    return {(p["pack"], p.get("upstream_ref")): p["verdict"] for p in doc.get("packs", [])}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        packs = doc["packs"]
+        return {(p["pack"], p.get("upstream_ref")): p["verdict"] for p in packs}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise CompareError(f"--compare {path}: not a readable --json report of a run ({type(exc).__name__}: "
+                           f"{str(exc)[:120]})") from exc
 
 
 def changes(previous: dict[tuple[str, str | None], str], results: list[PackResult]) -> tuple[list[str], list[str]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..core.layout import Layout
 from ..core.manifest import Pack, discover, load_pack
-from ..run.pipeline import PackResult
+from ..core.model import PackResult
 from . import receipts
 
 # Evidence keys worth a glance in a table: ratios, errors, counts, flags (not shapes, seeds, timings).
@@ -65,8 +65,18 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def results_table(runs: list[tuple[Pack, PackResult]], title: str) -> str:
-    lines = [f"# {title}", "", "| pack | target | ref @ commit | verdict | as expected | key numbers | time |",
+def counts_line(verdicts: list[str]) -> str:
+    """'3 CONFIRMED, 1 BROKEN, ...': how many packs came to each verdict."""
+    counts: dict[str, int] = {}
+    for v in verdicts:
+        counts[str(v)] = counts.get(str(v), 0) + 1
+    return ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def results_table(runs: list[tuple[Pack, PackResult]], title: str, figures: dict[str, list[str]] | None = None) -> str:
+    """The run's markdown report; `figures` (pack name -> image paths relative to the report) are embedded."""
+    lines = [f"# {title}", "", f"**{len(runs)} pack(s):** {counts_line([r.verdict for _, r in runs])}", "",
+             "| pack | target | ref @ commit | verdict | as expected | key numbers | time |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for pack, r in runs:
         where = r.where()
@@ -75,6 +85,8 @@ def results_table(runs: list[tuple[Pack, PackResult]], title: str) -> str:
         lines.append(f"| {r.pack} | {r.repo} | {_cell(where)} | **{r.verdict}** | {mark} | {_cell(numbers)} | "
                      f"{r.durations.get('total_s', 0):.0f} s |")
     lines += ["", "Reasons:", ""] + [f"- {r.pack}: {_cell(r.reason)}" for _, r in runs]
+    for name, images in (figures or {}).items():
+        lines += ["", f"### {name}", ""] + [f"![{name}]({image})" for image in images]
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ..run.pipeline import PackResult, StageRecord
+from ..core.model import PackResult, StageRecord
 
 
 class MergeError(Exception):

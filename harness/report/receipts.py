@@ -15,10 +15,14 @@ from typing import Any
 import jsonschema
 
 from .. import __version__
+from ..core import fsutil
 from ..core.layout import Layout
 from ..core.manifest import Pack
-from ..run.pipeline import PackResult
+from ..core.model import PackResult, PatchStatus, StageOutcome, Verdict
 from ..sources import gitutil
+
+SCHEMA_VERSION = 2  # 2: an integrity digest; 1: sealed in evidence/SEALS.json instead
+SEALS = "SEALS.json"
 
 
 class ReceiptError(Exception):
@@ -66,6 +70,8 @@ def manifest_digest(path: Path, *, with_expect: bool = False) -> str:
             continue
         if table == b"run" and re.match(rb"""^\s*["']?exclusive["']?\s*=""", line):
             continue  # how to schedule it under --jobs, like the stack: not what it claims
+        if table == b"compiler" and re.match(rb"""^\s*["']?fixed_stack["']?\s*=""", line):
+            continue  # the fixed-release stage's stack: how to run it, like [requires].stack
         if not skipping:
             kept.append(line)
     return hashlib.sha256(b"".join(kept)).hexdigest()
@@ -88,14 +94,23 @@ def current_hashes(pack: Pack) -> dict[str, str | None]:
             "patch": sha256_file(pack.patch_path) if pack.has_patch else None}
 
 
+def ref_slug(ref: str) -> str:
+    """A file-name-safe form of a ref: its safe characters, cut to 60, with a digest of the whole ref when it was
+    cut or changed (two refs never share a receipt name)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", ref).strip(".") or "ref"
+    if safe == ref and len(ref) <= 60:
+        return ref
+    return f"{safe[:60]}-{hashlib.sha256(ref.encode()).hexdigest()[:10]}"
+
+
 def receipt_path(pack: Pack, upstream_ref: str | None, layout: Layout) -> Path:
     if upstream_ref is None:
         return layout.evidence / f"{pack.name}.json"
-    return layout.evidence / f"{pack.name}.at-{re.sub(r'[^A-Za-z0-9._-]', '_', upstream_ref)}.json"
+    return layout.evidence / f"{pack.name}.at-{ref_slug(upstream_ref)}.json"
 
 
 def build(result: PackResult, pack: Pack, command: list[str], layout: Layout) -> dict[str, Any]:
-    if result.verdict in ("SKIPPED", "CHECKED", "ALREADY_APPLIED") or not result.stages:
+    if result.verdict in (Verdict.SKIPPED, Verdict.CHECKED, Verdict.ALREADY_APPLIED) or not result.stages:
         raise ReceiptError(f"pack {pack.name}: a {result.verdict} run measured nothing; no receipt written")
     src = result.source or {}
     try:
@@ -104,7 +119,7 @@ def build(result: PackResult, pack: Pack, command: list[str], layout: Layout) ->
     except Exception:  # noqa: BLE001 - a collection copied without .git still gets a receipt
         head, dirty = None, None
     return {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "pack": pack.name,
         "id": pack.id,
         "title": pack.title,
@@ -146,10 +161,63 @@ def write(receipt: dict[str, Any], path: Path, pack: Pack) -> Path:
         if same and old.get("verdict") == receipt["verdict"]:
             runs = old.get("runs") or [_run_record(old)]
     receipt["runs"] = [*runs, _run_record(receipt)][-5:]
+    receipt.pop("integrity", None)
+    receipt["integrity"] = {"sha256": integrity_digest(receipt),
+                            "covers": "the whole receipt but this field, as canonical JSON (sorted keys)"}
     validate(receipt, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(receipt, indent=2, sort_keys=True) + "\n")
+    fsutil.atomic_write(path, json.dumps(receipt, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def integrity_digest(receipt: dict[str, Any]) -> str:
+    """sha256 of the receipt without its `integrity` field, as canonical JSON: a hand edit of any measured
+    number, sentinel or verdict no longer matches it."""
+    body = {k: v for k, v in receipt.items() if k != "integrity"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
+
+
+def seals(layout: Layout) -> dict[str, str]:
+    """evidence/SEALS.json: the digests of receipts written before receipts carried their own (schema 1)."""
+    return fsutil.read_json(layout.evidence / SEALS)
+
+
+def problems(path: Path, receipt: dict[str, Any], pack: Pack, layout: Layout) -> list[str]:
+    """Why a committed receipt is not a true record of a run of the current files (empty: it is): it must
+    validate, hold the files' current hashes, be unedited since the runner wrote it, and its verdict must be
+    the one the stored stage outcomes give under the pack's plan."""
+    found = []
+    try:
+        validate(receipt, path)
+    except ReceiptError as exc:
+        found.append(str(exc))
+    stale = stale_files(receipt, pack)
+    if stale:
+        found.append(f"{path.name}: stale, {', '.join(stale)} changed since the run")
+    digest = integrity_digest(receipt)
+    if receipt.get("schema_version", 1) >= 2:
+        if (receipt.get("integrity") or {}).get("sha256") != digest:
+            found.append(f"{path.name}: edited since the runner wrote it (its integrity digest does not match)")
+    elif seals(layout).get(path.name) != digest:
+        found.append(f"{path.name}: edited since it was sealed in {SEALS} (or never sealed)")
+    derived = derived_verdict(receipt, pack)
+    if derived is not None and derived != receipt.get("verdict"):
+        found.append(f"{path.name}: says {receipt.get('verdict')}, but its stage outcomes give {derived}")
+    return found
+
+
+def derived_verdict(receipt: dict[str, Any], pack: Pack) -> str | None:
+    """The verdict the receipt's own stage outcomes give under the pack's plan at the receipt's ref."""
+    from ..run import kinds  # noqa: PLC0415 - report reads run's plans only here
+
+    try:
+        plan = kinds.plan_for(pack, receipt["target"].get("upstream_ref"))
+    except kinds.NotApplicable:
+        return None
+    outcomes = [StageOutcome(s.get("sentinel"), bool(s.get("timed_out")), s.get("error")) for s in receipt["stages"]]
+    if not outcomes or receipt.get("repeat", {}) and receipt["verdict"] == Verdict.FLAKY:
+        return None
+    status = (receipt.get("patch") or {}).get("status", PatchStatus.NO_PATCH)
+    return str(plan.classify(outcomes, status, pack)[0])
 
 
 def validate(receipt: dict[str, Any], where: Path) -> None:
@@ -176,7 +244,7 @@ def load(path: Path) -> dict[str, Any]:
 def load_all(layout: Layout) -> dict[Path, dict[str, Any]]:
     if not layout.evidence.is_dir():
         return {}
-    return {p: json.loads(p.read_text()) for p in sorted(layout.evidence.glob("*.json"))}
+    return {p: json.loads(p.read_text()) for p in sorted(layout.evidence.glob("*.json")) if p.name != SEALS}
 
 
 def latest_for(pack: Pack, layout: Layout) -> dict[str, Any] | None:

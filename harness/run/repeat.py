@@ -6,9 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+from ..core.model import PackResult, Verdict
 from ..report.markdown import flatten
-from . import verdicts
-from .pipeline import PackResult
 
 # Measured times vary run to run by nature; they are not compared.
 _TIMING = re.compile(r"(ms|_s$|time|timing|perf|tflops|date|path|log|saved|compared_to)", re.IGNORECASE)
@@ -48,5 +47,5 @@ def combine(runs: list[PackResult], rtol: float) -> PackResult:
               "total_s": [r.durations.get("total_s") for r in runs]}
     if not problems:
         return replace(first, repeat=record)
-    return replace(first, verdict=verdicts.FLAKY, reason="runs disagree: " + "; ".join(problems[:3]),
+    return replace(first, verdict=Verdict.FLAKY, reason="runs disagree: " + "; ".join(problems[:3]),
                    as_expected=False, repeat=record)

@@ -98,6 +98,7 @@ class ReleaseFile:
     url: str
     sha256: str | None
     yanked: bool = False
+    size: int | None = None  # bytes, where the index lists them (PEP 700)
 
 
 class _Anchors(HTMLParser):
@@ -126,7 +127,7 @@ def _project_files(index_url: str, project: str) -> list[ReleaseFile]:
         data = json.loads(body)
         return [
             ReleaseFile(f["filename"], urllib.parse.urljoin(final, f["url"]), f.get("hashes", {}).get("sha256"),
-                        bool(f.get("yanked")))
+                        bool(f.get("yanked")), f.get("size") if isinstance(f.get("size"), int) else None)
             for f in data.get("files", [])
         ]
     parser = _Anchors()
@@ -137,6 +138,11 @@ def _project_files(index_url: str, project: str) -> list[ReleaseFile]:
         match = re.search(r"#sha256=([0-9a-f]{64})", url)
         files.append(ReleaseFile(text, url.split("#")[0], match.group(1) if match else None))
     return files
+
+
+def project_files(name: str) -> list[ReleaseFile]:
+    """Every file of project `name` the first configured index that knows it lists."""
+    return _search(name, lambda files: files or None, name, f"no files of {name}")
 
 
 def find_sdist(requirement: str) -> ReleaseFile:

@@ -10,25 +10,28 @@ against the pack's pin and extracted safely, then put under git so patches see u
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
 import stat
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..core import fsutil, treehash
 from ..core.manifest import Pack
 from . import gitutil, pkgindex
-from .extract import extract_archive
+from .extract import UnsafeArchiveError, extract_archive
 from .gitutil import GitError
 
 Progress = Callable[[str], None]
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+# A ref as git names branches and tags (git check-ref-format, stricter): no globs, options, ranges or spaces.
+REF_RE = re.compile(r"^(?!-)(?!.*\.\.)(?!.*@\{)(?!.*//)[A-Za-z0-9._+/-]{1,200}(?<![./])(?<!\.lock)$")
+MANIFEST_FILE = "manifest.json"  # an entry's tree, file by file (size, sha256), written when it was made
+OFFLINE_MARK = ".offline-bundle"  # at the root of a cache unpacked from a bundle: what is there cannot be refetched
 # git's words for "the remote cannot be reached at all" (no point asking it for more history)
 UNREACHABLE = ("Could not resolve host", "unable to access", "Connection refused", "Connection timed out",
                "does not appear to be a git repository", "Network is unreachable")
@@ -65,7 +68,7 @@ class Source:
         return data
 
 
-def _stamp() -> str:
+def stamp() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -86,9 +89,20 @@ def from_git_error(exc: Exception, what: str) -> SourceError:
 # ---------------------------------------------------------------- ref resolution
 
 
+def check_ref(ref: str) -> str:
+    """The ref, if it can only mean one branch, tag or commit; else a SourceError saying why (a glob would
+    match whatever ls-remote lists first, a leading '-' would be read as an option)."""
+    if not REF_RE.match(ref):
+        shown = ref if len(ref) <= 60 else ref[:57] + "..."
+        raise SourceError(f"'{shown}' is not a git ref this runner accepts: 1-200 characters of letters, digits and "
+                          "'._+/-', not starting with '-', without '..', '//', '@{', globs or spaces")
+    return ref
+
+
 def resolve_ref(repo: str, ref: str, cache: Path, progress: Progress) -> tuple[str, str]:
     """ref -> (commit, how). A full sha is taken as is. Otherwise `git ls-remote`; when the remote
     cannot be reached, an earlier resolution from the cache is used and says so."""
+    check_ref(ref)
     if SHA_RE.match(ref):
         return ref, "pinned"
     url = f"https://github.com/{repo}"
@@ -107,32 +121,34 @@ def resolve_ref(repo: str, ref: str, cache: Path, progress: Progress) -> tuple[s
     commit = _pick_ref(out, ref)
     if commit is None:
         raise SourceError(f"{repo} has no ref '{ref}' (git ls-remote {url} {ref} found nothing)")
-    records = _read_json(record_file)
-    records[ref] = {"commit": commit, "resolved_at": _stamp()}
-    _write_json(record_file, records)
+    with fsutil.locked(record_file.with_name(record_file.name + ".lock")):  # other runs record theirs too
+        records = _read_json(record_file)
+        records[ref] = {"commit": commit, "resolved_at": stamp()}
+        fsutil.write_json(record_file, records)
     return commit, "ls-remote"
 
 
 def _pick_ref(ls_remote: str, ref: str) -> str | None:
+    """The commit ls-remote lists for exactly this name (a peeled tag first); nothing else is guessed."""
     rows = [line.split("\t") for line in ls_remote.splitlines() if "\t" in line]
     by_name = {name: sha for sha, name in rows}
-    for name in (f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", f"refs/heads/{ref}", ref):
-        if name in by_name:
+    for name in (f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", f"refs/heads/{ref}", ref, f"refs/{ref}"):
+        if name in by_name and SHA_RE.match(by_name[name]):
             return by_name[name]
-    peeled = [sha for sha, name in rows if name.endswith("^{}")]
-    if peeled:
-        return peeled[0]
-    return rows[0][0] if rows else None
+    return None
 
 
 # ---------------------------------------------------------------- cache entries
 
 
 
-def _finish_entry(staging: Path, final: Path, meta: dict) -> None:
-    """Make the tree read-only, write its record, and move it into place atomically."""
-    _write_json(staging / "source.json", meta)
+def finish_entry(staging: Path, final: Path, meta: dict) -> None:
+    """Record the tree's manifest, make it read-only, write its record, and move it into place atomically."""
     _make_read_only(staging / "tree")
+    files, stats = treehash.manifest(staging / "tree", skip=frozenset({".git"}))
+    fsutil.write_json(staging / MANIFEST_FILE, {"files": files, "digest": treehash.digest(files)})
+    fsutil.write_json(staging / "stat.json", stats)
+    fsutil.write_json(staging / "source.json", meta)
     final.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(staging, final)
@@ -143,9 +159,50 @@ def _finish_entry(staging: Path, final: Path, meta: dict) -> None:
             raise
 
 
-def _staging(cache: Path) -> Path:
+def staging_dir(cache: Path) -> Path:
+    """A new folder for an entry being made (under the cache's tmp/; removed when the making fails)."""
     (cache / "tmp").mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="fetch-", dir=cache / "tmp"))
+
+
+def entry_problems(entry: Path) -> list[str]:
+    """What differs between a cache entry's tree and the manifest recorded when it was made."""
+    recorded = fsutil.read_json(entry / MANIFEST_FILE).get("files")
+    if recorded is None:
+        return [f"{entry / MANIFEST_FILE} is missing (an entry made by an older runner, or cut off)"]
+    stats = fsutil.read_json(entry / "stat.json")
+    problems, now = treehash.differences(entry / "tree", recorded, stats, skip=frozenset({".git"}))
+    if not problems and now != stats:
+        try:
+            fsutil.write_json(entry / "stat.json", now)
+        except OSError:
+            pass
+    return problems
+
+
+def verify(source: Source) -> list[str]:
+    """What changed in a cached source's pristine tree since it was made (a --source checkout: nothing checked)."""
+    if source.kind == "local":
+        return []
+    return entry_problems(source.tree.parent)
+
+
+def cached(final: Path, what: str, progress: Progress) -> bool:
+    """Is there an intact entry at final? One that changed since it was made is removed, so it is fetched
+    again; in a cache unpacked from a bundle (nothing can be fetched) it is refused, naming the path."""
+    if not (final / "source.json").is_file():
+        return False
+    problems = entry_problems(final)
+    if not problems:
+        return True
+    cache_root = next((p for p in final.parents if (p / OFFLINE_MARK).exists()), None)
+    if cache_root is not None:
+        raise SourceError(f"{what}: the bundle's pristine tree {final / 'tree'} changed since it was bundled "
+                          f"({'; '.join(problems[:3])}); unpack the bundle again (remove {cache_root})")
+    progress(f"{what}: the cached tree {final} changed since it was made ({'; '.join(problems[:2])}); fetching it "
+             "again")
+    remove_tree(final)
+    return False
 
 
 def paths_key(paths: tuple[str, ...]) -> str:
@@ -165,11 +222,11 @@ def sdist_entry(cache: Path, sha256: str) -> Path:
 def acquire_git(repo: str, ref: str, commit: str, resolution: str, paths: tuple[str, ...],
                 cache: Path, progress: Progress) -> Source:
     final = git_entry(cache, repo, commit, paths)
-    if (final / "source.json").is_file():
+    if cached(final, f"{repo}@{commit[:12]}", progress):
         progress(f"{repo}@{commit[:12]}: pristine tree from cache")
         return Source("git", repo, ref, commit, final / "tree", resolution, from_cache=True)
     url = f"https://github.com/{repo}"
-    staging = _staging(cache)
+    staging = staging_dir(cache)
     tree = staging / "tree"
     tree.mkdir()
     try:
@@ -193,12 +250,12 @@ def acquire_git(repo: str, ref: str, commit: str, resolution: str, paths: tuple[
     except (GitError, OSError) as exc:
         remove_tree(staging)
         raise from_git_error(exc, f"git clone of {url} at {commit[:12]} failed") from exc
-    except SourceError:
+    except BaseException:
         remove_tree(staging)
         raise
     meta = {"kind": "git", "repo": repo, "ref": ref, "commit": commit, "paths": list(paths),
-            "url": url, "fetched_at": _stamp()}
-    _finish_entry(staging, final, meta)
+            "url": url, "fetched_at": stamp()}
+    finish_entry(staging, final, meta)
     return Source("git", repo, ref, commit, final / "tree", resolution)
 
 
@@ -218,7 +275,7 @@ def _checkout(tree: Path, url: str, commit: str, paths: tuple[str, ...], partial
 def acquire_sdist(repo: str, ref: str, requirement: str, sha256: str, cache: Path,
                   progress: Progress) -> Source:
     final = sdist_entry(cache, sha256)
-    if (final / "source.json").is_file():
+    if cached(final, requirement, progress):
         progress(f"{requirement}: pristine sdist tree from cache")
         return Source("sdist", repo, ref, None, final / "tree", "sdist", requirement, sha256, from_cache=True)
     progress(f"looking up {requirement} on the configured package index")
@@ -228,22 +285,24 @@ def acquire_sdist(repo: str, ref: str, requirement: str, sha256: str, cache: Pat
         raise SourceUnreachable(f"release sdist {requirement}: {exc}") from exc
     except pkgindex.PackageIndexError as exc:
         raise SourceError(f"release sdist {requirement}: {exc}") from exc
-    staging = _staging(cache)
+    staging = staging_dir(cache)
     try:
         progress(f"downloading {release.filename}")
         archive = pkgindex.download(release, staging / "archive", sha256)
+        extract_archive(archive, staging / "tree")
+        gitutil.commit_tree(staging / "tree", f"{requirement} (release sdist, sha256 {sha256})")
     except pkgindex.PackageIndexError as exc:
         remove_tree(staging)
         raise SourceError(f"release sdist {requirement}: {exc}") from exc
-    try:
-        extract_archive(archive, staging / "tree")
-        gitutil.commit_tree(staging / "tree", f"{requirement} (release sdist, sha256 {sha256})")
-    except Exception:
+    except UnsafeArchiveError as exc:
+        remove_tree(staging)
+        raise SourceError(f"release sdist {requirement} is refused: {exc}") from exc
+    except BaseException:
         remove_tree(staging)
         raise
     meta = {"kind": "sdist", "repo": repo, "ref": ref, "sdist": requirement, "sha256": sha256,
-            "filename": release.filename, "url": release.url, "fetched_at": _stamp()}
-    _finish_entry(staging, final, meta)
+            "filename": release.filename, "url": release.url, "fetched_at": stamp()}
+    finish_entry(staging, final, meta)
     return Source("sdist", repo, ref, None, final / "tree", "sdist", requirement, sha256)
 
 
@@ -326,30 +385,8 @@ def _make_read_only(root: Path) -> None:
             path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
-def remove_tree(path: Path) -> None:
-    """rmtree that also removes read-only files (the pristine cache makes its files read-only)."""
-
-    def retry(func, p, _exc):
-        os.chmod(p, stat.S_IWUSR | stat.S_IRUSR | stat.S_IXUSR)
-        func(p)
-
-    if not path.exists():
-        return
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=retry)
-    else:  # pragma: no cover - older Pythons
-        shutil.rmtree(path, onerror=retry)
+remove_tree = fsutil.remove_tree
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    return fsutil.read_json(path)

@@ -226,15 +226,9 @@ def test_a_base_that_is_not_an_ancestor(collection, upstream, history, cache, tm
 
 
 @pytest.fixture
-def no_wheels(monkeypatch):
-    from harness.offline import bundle
-
-    monkeypatch.setattr(bundle, "download_wheels", lambda *a, **k: None)
-    monkeypatch.setattr(bundle, "runner_requirements", lambda: [])
-    real = bundle.pack_tree  # the source cache is packed for real; wheel trees (none here) are stubbed
-    monkeypatch.setattr(bundle, "pack_tree",
-                        lambda tree, archive: real(tree, archive) if archive.name == bundle.SOURCES
-                        else archive.write_bytes(b""))
+def no_wheels(monkeypatch, tmp_path):
+    """The toy packs name no stack (and the toy collection has no stacks/runner): a bundle carries no units."""
+    monkeypatch.setenv("REPRO_ENV_DIR", str(tmp_path / "envs"))
 
 
 def test_bundle_then_bisect_offline(collection, upstream, history, cache, tmp_path, no_wheels, monkeypatch, capsys):
@@ -286,7 +280,7 @@ def test_offline_without_a_bundled_history_says_how_to_make_one(collection, upst
     assert cli.main(["--bundle", str(out), "--pack", "01", "--cache-dir", str(cache)],
                     layout=collection.layout) == cli.EXIT_OK
     assert cli.main(["--offline", str(out), "--bisect", "01"], layout=collection.layout) == cli.EXIT_UNEXPECTED
-    assert "--bisect-from does not apply to a run (it goes with --bisect, --bundle)" in capsys.readouterr().err
+    assert "--bundle-bisect" in capsys.readouterr().err
 
 
 def test_result_record_serialises(collection, upstream, history, cache, tmp_path):

@@ -1,120 +1,163 @@
-"""Offline bundles: made with a toy wheel (no index needed), verified, and run from with no network."""
+"""Offline bundles: the packs' stacks as units, their sources and the runner's own dependencies, made from a
+local wheel folder standing in for the index, verified before anything is unpacked or imported, and run
+from with no network."""
+
+from __future__ import annotations
 
 import json
-import tarfile
-import zipfile
+import sys
 from pathlib import Path
 
 import pytest
 
 from harness.cli import main as cli
-from harness.offline import boot as offline_boot
-from harness.offline import bundle
-from harness.report import receipts
+from harness.core import treehash
+from harness.envs import locks
+from harness.offline import boot, bundle
 
+from .envkit import PYTHON, add_stack, make_wheel, toy_stack
 
-def toy_wheel(dest: Path, name: str = "toydep", version: str = "1.0") -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    wheel = dest / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr(f"{name}/__init__.py", f"VERSION = '{version}'\n")
-        zf.writestr(f"{name}-{version}.data/purelib/{name}_extra.py", "X = 1\n")
-        zf.writestr(f"{name}/big_unused/blob.bin", "x" * 100)
-        zf.writestr(f"{name}-{version}.dist-info/METADATA", f"Name: {name}\nVersion: {version}\n")
-    return wheel
+pytestmark = pytest.mark.skipif(locks.host_platform() != "linux-x86_64", reason="locks are made for linux x86_64")
+
+REPRO = (
+    "import json, toydep, widget\n"
+    "print('EVIDENCE ' + json.dumps({'value': widget.VALUE, 'toydep': toydep.VALUE}))\n"
+    "print('FIX_VALIDATED' if widget.VALUE >= 2 else 'INCONCLUSIVE' if widget.VALUE < 0 else 'BUG_REPRODUCED')\n"
+)
 
 
 @pytest.fixture
-def fake_downloads(monkeypatch):
-    def download(specs, dest, python, platforms, progress):
-        for spec in specs:
-            name, _, version = spec.partition("==")
-            toy_wheel(dest, name.replace("-", "_"), version)
-
-    monkeypatch.setattr(bundle, "download_wheels", download)
-    monkeypatch.setattr(bundle, "runner_requirements", lambda: ["runnerdep==2.0"])
-
-
-def test_unpack_wheels_lays_out_data_dirs_and_prunes(tmp_path):
-    toy_wheel(tmp_path / "wheels")
-    removed = bundle.unpack_wheels(tmp_path / "wheels", tmp_path / "site", ("toydep/big_unused",))
-    assert (tmp_path / "site" / "toydep" / "__init__.py").is_file()
-    assert (tmp_path / "site" / "toydep_extra.py").is_file(), "purelib data moves to the top"
-    assert removed == ["toydep/big_unused"] and not (tmp_path / "site" / "toydep" / "big_unused").exists()
+def index(tmp_path, monkeypatch):
+    """A find-links folder in place of the package index (pip reads it in hash-checking mode)."""
+    folder = tmp_path / "index"
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(folder))
+    monkeypatch.setenv("REPRO_ENV_DIR", str(tmp_path / "envs-here"))
+    return folder
 
 
-def test_bundle_then_offline_run(collection, upstream, cache, tmp_path, fake_downloads, monkeypatch, capsys):
-    repro = (
-        "import json, toydep, widget\n"
-        "print('EVIDENCE ' + json.dumps({'value': widget.VALUE, 'toydep': toydep.VERSION}))\n"
-        "print('FIX_VALIDATED' if widget.VALUE >= 2 else 'BUG_REPRODUCED')\n"
-    )
-    collection.add_pack("01", "toy", upstream.base, repro=repro,
-                        extra_requires='wheels = ["toydep==1.5"]\nbundle_prune = ["toydep/big_unused"]')
+@pytest.fixture
+def made(collection, upstream, cache, tmp_path, index):
+    toy_stack(collection.layout, index, value=5)
+    make_wheel(index, "unused", "1.0", {"unused/big/blob.bin": "x" * 100, "unused/__init__.py": ""})
+    runner = make_wheel(index, "runnerdep", "2.0", {"runnerdep/__init__.py": "MARK = 1\n"})
+    add_stack(collection.layout, "runner", [("runnerdep", "2.0", runner)])
+    collection.add_pack("01", "toy", upstream.base, repro=REPRO, extra_requires='stack = "toy"')
     out = tmp_path / "bundle"
-    assert cli.main(["--bundle", str(out), "--pack", "01", "--cache-dir", str(cache), "--python", "3.12"],
+    assert cli.main(["--bundle", str(out), "--pack", "01", "--cache-dir", str(cache), "--python", PYTHON],
                     layout=collection.layout) == cli.EXIT_OK
-    made = json.loads((out / "bundle.json").read_text())
-    assert made["wheels"] == ["toydep==1.5"] and made["pruned"] == ["toydep/big_unused"]
-    assert (out / "packs-site.tar.xz").is_file() and (out / "runner-site.tar.xz").is_file()
-    assert not list(out.rglob(".git")), "bundled trees carry no .git"
+    return out
 
-    # the node: no network (the upstream URL leads nowhere), a fresh cache, only the bundle
+
+def node(monkeypatch, tmp_path) -> list[str]:
+    """A node: the upstream URL leads nowhere, a fresh cache and environment folder, only the bundle."""
     monkeypatch.setenv("GIT_CONFIG_VALUE_0", "https://nowhere.invalid/")
     monkeypatch.setenv("REPRO_OFFLINE_UNPACK", str(tmp_path / "unpacked"))
-    args = ["--offline", str(out), "--pack", "01", "--cache-dir", str(tmp_path / "empty-cache"),
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "nothing-here"))
+    return ["--cache-dir", str(tmp_path / "empty-cache"), "--env-dir", str(tmp_path / "envs-node"),
             "--run-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "r.json")]
+
+
+def test_bundle_then_offline_run(collection, made, tmp_path, monkeypatch):
+    manifest = json.loads((made / "bundle.json").read_text())
+    assert manifest["format"] == boot.FORMAT and set(manifest["stacks"]) == {"toy"}
+    assert [u["name"] for u in manifest["units"].values()] == ["toydep"]
+    assert [u["name"] for u in manifest["runner_units"].values()] == ["runnerdep"]
+    assert set(manifest["archives"].values()) <= set(manifest["files"])
+    assert not list(made.rglob(".git")), "bundled trees carry no .git"
+    args = ["--offline", str(made), "--pack", "01", *node(monkeypatch, tmp_path)]
     assert cli.main(args, layout=collection.layout) == cli.EXIT_OK
     result = json.loads((tmp_path / "r.json").read_text())["packs"][0]
-    assert result["verdict"] == "CONFIRMED"
-    assert result["stages"][0]["evidence"] == {"value": 1, "toydep": "1.5"}
-    assert result["bundle"]["wheels"] == ["toydep==1.5"]
+    assert result["verdict"] == "CONFIRMED", result["reason"]
+    assert result["stages"][0]["evidence"] == {"value": 1, "toydep": 5}
+    assert result["stages"][0]["environment"]["provisioned_from"] == f"bundle {made}"
+    assert result["bundle"]["stacks"] == ["toy"]
 
 
-def test_tampered_bundle_is_refused(collection, upstream, cache, tmp_path, fake_downloads, capsys):
-    collection.add_pack("01", "toy", upstream.base)
-    out = tmp_path / "bundle"
-    cli.main(["--bundle", str(out), "--pack", "01", "--cache-dir", str(cache)], layout=collection.layout)
-    archive = out / bundle.SOURCES
-    archive.write_bytes(archive.read_bytes() + b"\0")  # a changed source cache
-    assert cli.main(["--offline", str(out), "--pack", "01"], layout=collection.layout) == cli.EXIT_USAGE
+def test_a_changed_file_is_refused_before_anything_is_unpacked(collection, made, tmp_path, monkeypatch, capsys):
+    archive = made / bundle.SOURCES
+    archive.write_bytes(archive.read_bytes() + b"\0")
+    args = ["--offline", str(made), "--pack", "01", *node(monkeypatch, tmp_path)]
+    assert cli.main(args, layout=collection.layout) == cli.EXIT_USAGE
     assert "changed since bundling" in capsys.readouterr().err
+    assert not (tmp_path / "unpacked").exists()
 
 
-def test_boot_appends_runner_site_after_installed_packages(tmp_path, monkeypatch, fake_downloads):
-    toy_wheel(tmp_path / "w", "runnerdep", "2.0")
-    bundle.unpack_wheels(tmp_path / "w", tmp_path / "site", ())
-    out = tmp_path / "b"
-    out.mkdir()
-    bundle.pack_tree(tmp_path / "site", out / bundle.RUNNER_SITE)
-    (out / "bundle.json").write_text(json.dumps({"runner_site": bundle.RUNNER_SITE}))
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["archives"].update(units="../elsewhere.tar.xz"), "outside the bundle"),
+    (lambda m: m["archives"].update(units="/etc/passwd"), "outside the bundle"),
+    (lambda m: m["archives"].update(units="not-listed.tar.xz"), "not among the hashed files"),
+    (lambda m: m["files"].update({"../up.txt": "0" * 64}), "outside the bundle"),
+    (lambda m: m.pop("units"), "has no 'units'"),
+    (lambda m: m.pop("files"), "has no 'files'"),
+    (lambda m: m.update(format=1), "made by an older runner"),
+    (lambda m: m.update(files=["a"]), "not a table"),
+])
+def test_a_manifest_that_names_what_it_does_not_hash_is_refused(collection, made, tmp_path, monkeypatch, capsys,
+                                                                 edit, message):
+    path = made / "bundle.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    args = ["--offline", str(made), "--pack", "01", *node(monkeypatch, tmp_path)]
+    assert cli.main(args, layout=collection.layout) == cli.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_boot_checks_the_runner_site_before_anything_of_it_is_importable(made, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_OFFLINE_UNPACK", str(tmp_path / "unpacked"))
-    monkeypatch.setattr("sys.path", ["first"])
-    offline_boot.boot(["--offline", str(out)])
-    import sys
+    monkeypatch.setattr(sys, "path", ["first"])
+    boot.VERIFIED.clear()
+    boot.boot(["--offline", str(made)])
+    assert sys.path[0] == "first" and (Path(sys.path[-1]) / "runnerdep" / "__init__.py").is_file()
+    archive = made / bundle.RUNNER_SITE
+    archive.write_bytes(archive.read_bytes()[:-1] + b"X")  # a changed runner site (code that would run at import)
+    monkeypatch.setattr(sys, "path", ["first"])
+    boot.VERIFIED.clear()
+    with pytest.raises(SystemExit) as stop:
+        boot.boot(["--offline", str(made)])
+    assert stop.value.code == 2 and sys.path == ["first"]
 
-    assert sys.path[0] == "first" and sys.path[-1].endswith("runner-site")
-    assert (Path(sys.path[-1]) / "runnerdep" / "__init__.py").is_file()
 
-
-def test_a_bundle_from_before_the_sources_archive_still_runs(collection, upstream, cache, tmp_path, fake_downloads,
-                                                             monkeypatch):
-    """Bundles made earlier carry the source cache as a plain cache/ folder (and GPU-side kernel caches are
-    keyed to their unpack path): --offline still reads them."""
-    collection.add_pack("01", "toy", upstream.base)
-    out = tmp_path / "bundle"
-    cli.main(["--bundle", str(out), "--pack", "01", "--cache-dir", str(cache)], layout=collection.layout)
-    made = json.loads((out / "bundle.json").read_text())
-    with tarfile.open(out / bundle.SOURCES) as tar:
-        tar.extractall(out / "cache", filter="data")
-    (out / bundle.SOURCES).unlink()
-    del made["sources"], made["files"][bundle.SOURCES]
-    made["files"].update({str(p.relative_to(out)): receipts.sha256_file(p)
-                          for p in sorted((out / "cache").rglob("*")) if p.is_file()})
-    (out / "bundle.json").write_text(json.dumps(made))
-    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "https://nowhere.invalid/")
-    monkeypatch.setenv("REPRO_OFFLINE_UNPACK", str(tmp_path / "unpacked"))
-    args = ["--offline", str(out), "--pack", "01", "--cache-dir", str(tmp_path / "empty"),
-            "--run-dir", str(tmp_path / "runs"), "--json", str(tmp_path / "r.json")]
+def test_a_seeded_unpack_folder_is_unpacked_again(collection, made, tmp_path, monkeypatch):
+    args = ["--offline", str(made), "--pack", "01", *node(monkeypatch, tmp_path)]
     assert cli.main(args, layout=collection.layout) == cli.EXIT_OK
-    assert json.loads((tmp_path / "r.json").read_text())["packs"][0]["verdict"] == "CONFIRMED"
+    unpacked = boot.unpack_dir(made) / "units"
+    unit = next(p for p in unpacked.iterdir() if (p / "tree" / "toydep").is_dir())
+    planted = unit / "tree" / "toydep" / "__init__.py"
+    planted.write_text("VALUE = 666\n")  # someone else's folder, with its .done marker in place
+    meta = json.loads((unit / "unit.json").read_text())
+    meta["files"]["toydep/__init__.py"] = treehash.manifest(unit / "tree")[0]["toydep/__init__.py"]
+    (unit / "unit.json").write_text(json.dumps(meta))  # even with a manifest that matches it
+    boot.VERIFIED.clear()
+    assert cli.main([*args, "--env-dir", str(tmp_path / "envs-node-2")], layout=collection.layout) == cli.EXIT_OK
+    result = json.loads((tmp_path / "r.json").read_text())["packs"][0]
+    assert result["stages"][0]["evidence"]["toydep"] == 5
+
+
+def test_a_node_whose_lock_changed_is_told_to_bundle_again(collection, made, tmp_path, monkeypatch):
+    toy_stack(collection.layout, tmp_path / "other-wheels", value=6, version="1.1")
+    args = ["--offline", str(made), "--pack", "01", *node(monkeypatch, tmp_path)]
+    assert cli.main(args, layout=collection.layout) == cli.EXIT_OK
+    result = json.loads((tmp_path / "r.json").read_text())["packs"][0]
+    assert result["verdict"] == "SKIPPED" and "does not carry toydep==1.1" in result["reason"]
+    assert "make it again" in result["reason"]
+
+
+def test_a_bundle_made_by_an_older_runner_says_how_to_make_a_new_one(collection, made, tmp_path, monkeypatch, capsys):
+    (made / "bundle.json").write_text(json.dumps({"created_at": "x", "files": {}, "runner_site": "runner-site.tar.xz"}))
+    args = ["--offline", str(made), "--pack", "01", *node(monkeypatch, tmp_path)]
+    assert cli.main(args, layout=collection.layout) == cli.EXIT_USAGE
+    assert "make it again with python runner.py --bundle" in capsys.readouterr().err
+
+
+def test_prune_paths_leave_the_bundle(collection, upstream, cache, tmp_path, index):
+    wheel = make_wheel(index, "toydep", "1.0", {"toydep/__init__.py": "VALUE = 5\n", "toydep/big/blob.bin": "x" * 10})
+    add_stack(collection.layout, "toy", [("toydep", "1.0", wheel)])
+    collection.add_pack("01", "toy", upstream.base, repro=REPRO,
+                        extra_requires='stack = "toy"\nbundle_prune = ["toydep/big"]')
+    out = tmp_path / "bundle"
+    assert cli.main(["--bundle", str(out), "--pack", "01", "--cache-dir", str(cache), "--python", PYTHON],
+                    layout=collection.layout) == cli.EXIT_OK
+    unit = next(iter(json.loads((out / "bundle.json").read_text())["units"].values()))
+    assert unit["pruned"] == ["toydep/big"]

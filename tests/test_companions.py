@@ -1,5 +1,7 @@
 """Companion sources: another upstream's pinned release sdist imported next to the target, unpatched."""
 
+import json
+
 from harness.core import manifest
 from harness.offline import bundle
 
@@ -52,15 +54,14 @@ def test_a_companion_with_the_wrong_sha256_is_an_error(collection, upstream, opt
 def carried_cache(tmp_path, monkeypatch):
     """The source cache of the bundle at tmp_path/b, as the node unpacks it."""
     monkeypatch.setenv("REPRO_OFFLINE_UNPACK", str(tmp_path / "node"))
-    return bundle.open_bundle(tmp_path / "b", lambda m: None)[0]
+    return bundle.open_bundle(tmp_path / "b", lambda m: None).cache
 
 
 def test_a_bundle_carries_the_companion(collection, upstream, cache, index, tmp_path, monkeypatch):  # noqa: F811
     folder = collection.add_pack("01", "toy", upstream.base, repro=REPRO, extra_requires=companion_line(index))
     pack = manifest.load_pack(folder, collection.layout)
-    monkeypatch.setattr(bundle, "download_wheels", lambda *a, **k: None)
-    monkeypatch.setattr(bundle, "runner_requirements", lambda: [])
-    made = bundle.create([pack], tmp_path / "b", "3.12", ("manylinux",), cache, [], lambda m: None)
+    made = bundle.create([pack], tmp_path / "b", "3.12", "linux-x86_64", cache, [], collection.layout,
+                         tmp_path / "envs", lambda m: None)
     carried = made["packs"]["01-toy"]
     assert [e["companion"] for e in carried] == [False, True]
     entry = carried_cache(tmp_path, monkeypatch) / carried[1]["entry"]
@@ -72,16 +73,16 @@ def test_a_bundle_carries_only_a_companions_import_paths(collection, upstream, c
     line = companion_line(index, paths='"src"')
     folder = collection.add_pack("01", "toy", upstream.base, repro=REPRO, extra_requires=line)
     pack = manifest.load_pack(folder, collection.layout)
-    monkeypatch.setattr(bundle, "download_wheels", lambda *a, **k: None)
-    monkeypatch.setattr(bundle, "runner_requirements", lambda: [])
-    made = bundle.create([pack], tmp_path / "b", "3.12", ("manylinux",), cache, [], lambda m: None)
+    made = bundle.create([pack], tmp_path / "b", "3.12", "linux-x86_64", cache, [], collection.layout,
+                         tmp_path / "envs", lambda m: None)
     unpacked = carried_cache(tmp_path, monkeypatch)
     entry = unpacked / made["packs"]["01-toy"][1]["entry"]
     assert (entry / "tree" / "src" / "widget" / "__init__.py").is_file() and (entry / "source.json").is_file()
     assert not (entry / "tree" / "PKG-INFO").exists(), "the rest of the sdist stays behind"
-    assert made["companion_trees_cut_to"] == {made["packs"]["01-toy"][1]["entry"]: ["src"]}
     target = unpacked / made["packs"]["01-toy"][0]["entry"]
-    assert target.name not in made["companion_trees_cut_to"] and any(target.rglob("*.py")), "the target is whole"
+    assert any(target.rglob("*.py")) and (target / "tree").is_dir(), "the target is whole"
+    cut = json.loads((entry / "manifest.json").read_text())["files"]
+    assert cut and all(p.startswith("src/") for p in cut), "the carried manifest is cut to the import paths"
 
 
 def test_the_issue_body_names_the_companion(collection, upstream, index):  # noqa: F811

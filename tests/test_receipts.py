@@ -11,7 +11,7 @@ from harness.report import receipts
 from .test_reports import result
 
 LAYOUT = Layout()
-COMMITTED = sorted(LAYOUT.evidence.glob("*.json"))
+COMMITTED = sorted(p for p in LAYOUT.evidence.glob("*.json") if p.name != receipts.SEALS)
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=[p.name for p in COMMITTED])
@@ -26,6 +26,36 @@ def test_committed_receipt_is_valid_and_current(path):
     for stage in receipt["stages"]:
         if stage["sentinel"] is not None:
             assert stage["exit_code"] == 0 and stage["evidence"], "a sentinel is trusted only with exit 0 + EVIDENCE"
+    assert receipts.problems(path, receipt, pack, LAYOUT) == []
+
+
+def _edits():
+    def verdict(r):
+        r["verdict"] = "FIXED_UPSTREAM" if r["verdict"] != "FIXED_UPSTREAM" else "CONFIRMED"
+
+    def number(r):
+        ev = r["stages"][0]["evidence"]
+        key = next(k for k, v in ev.items() if isinstance(v, (int, float)) and not isinstance(v, bool)) if any(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in ev.values()) else None
+        if key is None:
+            ev["added_by_hand"] = 1
+        else:
+            ev[key] = ev[key] * 2 + 1
+
+    def sentinel(r):
+        s = r["stages"][-1]
+        s["sentinel"] = "BUG_REPRODUCED" if s["sentinel"] != "BUG_REPRODUCED" else "FIX_VALIDATED"
+
+    return {"verdict": verdict, "evidence number": number, "stage sentinel": sentinel}
+
+
+@pytest.mark.parametrize("edit", list(_edits()), ids=list(_edits()))
+@pytest.mark.parametrize("path", COMMITTED[:4] + COMMITTED[-2:], ids=lambda p: p.name)
+def test_a_hand_edited_receipt_fails_the_check(path, edit):
+    receipt = json.loads(path.read_text())
+    pack = manifest.load_pack(LAYOUT.packs / receipt["pack"], LAYOUT)
+    _edits()[edit](receipt)
+    assert receipts.problems(path, receipt, pack, LAYOUT), f"a receipt with an edited {edit} passed"
 
 
 def test_every_active_pack_has_a_receipt():

@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--wheelhouse", type=Path, metavar="DIR",
                      help="with --provision: take the locked wheels from this folder, not the index (a container "
                      "build)")
-    how.add_argument("--timeout", type=positive_int, metavar="S", help="per-stage timeout in seconds (default: the pack's)")
+    how.add_argument("--timeout", type=positive_int, metavar="S",
+                     help="per-stage timeout in seconds (default: the pack's)")
     how.add_argument("--keep", action="store_true", help="keep the work copies after the run")
     how.add_argument("--interpreter", default=sys.executable,
                      help="Python for the reproducers (the base of their environments)")
@@ -189,7 +190,8 @@ def mode_of(args: argparse.Namespace) -> tuple[str | None, list[str]]:
         if mode not in APPLIES[dest]:
             flag = max(action.option_strings, key=len)
             takes = ", ".join(sorted(f"--{m}" if m != "run" else "a run" for m in APPLIES[dest]))
-            problems.append(f"{flag} does not apply to {'a run' if mode == 'run' else '--' + mode} (it goes with {takes})")
+            here = "a run" if mode == "run" else f"--{mode}"
+            problems.append(f"{flag} does not apply to {here} (it goes with {takes})")
     if mode in ("bundle", "provision") and not (args.pack or args.all):
         problems.append(f"--{mode} needs the packs: --pack NN (repeatable) or --all")
     if args.pack and args.all:

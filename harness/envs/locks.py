@@ -46,7 +46,8 @@ WHEEL_TAGS = {"linux-x86_64": ("manylinux_2_28_x86_64", *(f"manylinux_2_{n}_x86_
                                "manylinux2014_x86_64", "manylinux1_x86_64")}
 RUNTIME_RE = re.compile(r"^(torch|triton|nvidia-.+|cuda-.+)$")
 _HEADER_RE = re.compile(r"requirements\.in sha256: ([0-9a-f]{64})")
-_PIN_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[A-Za-z0-9._+!-]+)(?P<opts>(\s+--hash=\S+)+)$")
+_PIN_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[A-Za-z0-9._+!-]+)"
+                     r"(?P<opts>(\s+--hash=\S+)+)$")
 _HASH_RE = re.compile(r"^--hash=sha256:[0-9a-f]{64}$")
 
 
@@ -91,8 +92,8 @@ class Lock:
     @property
     def cuda(self) -> str | None:
         """The CUDA version (X.Y) of the locked runtime, from its CUDA runtime library's version."""
-        pin = self.pin("nvidia-cuda-runtime") or next((p for p in self.pins if p.name.startswith("nvidia-cuda-runtime")),
-                                                     None)
+        pin = self.pin("nvidia-cuda-runtime") or next(
+            (p for p in self.pins if p.name.startswith("nvidia-cuda-runtime")), None)
         return ".".join(pin.version.split(".")[:2]) if pin else None
 
     def describe(self) -> str:
@@ -232,7 +233,8 @@ def compile_command(stack: str, python: str, platform: str, requirements_in: Pat
            f"python -m harness.envs.locks --lock {stack} --python {python}  # requirements.in sha256: {digest}",
            "-o", str(output), str(requirements_in)]
     if index.index_urls:
-        cmd += ["--index-url", index.index_urls[0], *(a for u in index.index_urls[1:] for a in ("--extra-index-url", u))]
+        cmd += ["--index-url", index.index_urls[0]]
+        cmd += [a for u in index.index_urls[1:] for a in ("--extra-index-url", u)]
     if upgrade:
         cmd.append("--upgrade")
     return cmd
@@ -296,7 +298,8 @@ def pack_problems(pack, layout: Layout) -> list[str]:
             problems.append(f"{pack.name}: {exc}")
             continue
         if not (folder / "requirements.in").is_file():
-            problems.append(f"{pack.name}: stack '{stack}' does not exist (stacks: {', '.join(available(layout)) or 'none'})")
+            known = ", ".join(available(layout)) or "none"
+            problems.append(f"{pack.name}: stack '{stack}' does not exist (stacks: {known})")
             continue
         locks = sorted(folder.glob("lock-py*.txt"))
         if not locks:

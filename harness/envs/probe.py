@@ -67,7 +67,8 @@ def gpu_unmet(host: dict, gpu: bool, min_capability: str | None, count: int) -> 
     first = host["gpus"][0]
     try:
         if min_capability and Version(first["capability"]) < Version(min_capability):
-            reasons.append(f"GPU {first['name']} has capability {first['capability']}, the pack needs >= {min_capability}")
+            reasons.append(f"GPU {first['name']} has capability {first['capability']}, "
+                           f"the pack needs >= {min_capability}")
     except InvalidVersion:
         pass
     if host["count"] < count:

@@ -205,7 +205,9 @@ def create(packs: list[Pack], dest: Path, python: str, platform: str, cache: Pat
     try:
         stack_locks = [locks.load(layout, s, python, platform) for s in dict.fromkeys(
             s for p in packs for s in locks.pack_stacks(p))]
-        runner_lock = locks.load(layout, "runner", python, platform)
+        # the runner's own dependencies, for nodes whose Python lacks them (a collection without
+        # stacks/runner bundles none: the node must have them)
+        runner_lock = locks.load(layout, "runner", python, platform) if "runner" in locks.available(layout) else None
     except locks.StackError as exc:
         raise BundleError(str(exc)) from exc
     entries, source_digests = _carry_sources(packs, dest, cache, refs, progress)
@@ -215,10 +217,13 @@ def create(packs: list[Pack], dest: Path, python: str, platform: str, cache: Pat
         (work / "units").mkdir()
         (work / "runner").mkdir()
         units, stacks = _carry_units(stack_locks, work / "units", env_dir, prune, runtime, progress)
-        runner_units, _ = _carry_units([runner_lock], work / "runner", env_dir, (), True, progress)
+        runner_units = {}
+        if runner_lock is not None:
+            runner_units, _ = _carry_units([runner_lock], work / "runner", env_dir, (), True, progress)
         progress("packing the units (xz -9)")
         pack_tree(work / "units", dest / UNITS)
-        pack_tree(work / "runner", dest / RUNNER_SITE)
+        if runner_units:
+            pack_tree(work / "runner", dest / RUNNER_SITE)
     finally:
         fsutil.remove_tree(work)
     files = {str(p.relative_to(dest)): treehash.file_sha256(p) for p in sorted(dest.rglob("*"))
@@ -236,7 +241,7 @@ def create(packs: list[Pack], dest: Path, python: str, platform: str, cache: Pat
         "units": units,
         "runner_units": runner_units,
         "sources": source_digests,
-        "archives": {"units": UNITS, "runner": RUNNER_SITE, "sources": SOURCES},
+        "archives": {"units": UNITS, "runner": RUNNER_SITE if runner_units else None, "sources": SOURCES},
         "files": files,
     }
     fsutil.write_json(dest / boot.MANIFEST, manifest)

@@ -80,7 +80,7 @@ def print_table(results: list[PackResult], console: Console) -> None:
             if stage.evidence is not None:
                 console.print(f"  {stage.name} EVIDENCE {json.dumps(stage.evidence, sort_keys=True)}", markup=False,
                               highlight=False, soft_wrap=True)
-        if r.stages or Path(r.log_dir).is_dir():
+        if Path(r.log_dir).is_dir():
             console.print(f"  logs: {r.log_dir}", markup=False, highlight=False)
     console.print(summary(results), markup=False, highlight=False)
 

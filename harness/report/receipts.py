@@ -173,7 +173,8 @@ def integrity_digest(receipt: dict[str, Any]) -> str:
     """sha256 of the receipt without its `integrity` field, as canonical JSON: a hand edit of any measured
     number, sentinel or verdict no longer matches it."""
     body = {k: v for k, v in receipt.items() if k != "integrity"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def seals(layout: Layout) -> dict[str, str]:

@@ -130,6 +130,8 @@ def run_pack(pack: Pack, opts: RunOptions, progress: Progress) -> PackResult:
         if not opts.keep:
             try:
                 fsutil.remove_tree(pack_dir / "work")
+                if pack_dir.is_dir() and not any(pack_dir.iterdir()):
+                    pack_dir.rmdir()  # nothing ran: no empty log folder to point at
             except OSError:
                 pass
     result.durations["total_s"] = round(time.monotonic() - t0, 2)
@@ -371,13 +373,15 @@ class Guard:
             found += [f"the pristine source {src.tree}: {p}" for p in upstream.verify(src)[:3]]
         for name, tree in self.others.items():
             now = treehash.snapshot(tree, skip=frozenset({".git"}))
-            found += [f"the {name} work tree {tree}: {p}" for p in treehash.snapshot_changes(self.before[name], now)[:3]]
+            changes = treehash.snapshot_changes(self.before[name], now)[:3]
+            found += [f"the {name} work tree {tree}: {p}" for p in changes]
         found += [f"the environment {self.env.path}: {p}" for p in self.env.verify()[:3]]
         return found
 
 
 def run_stage(spec: StageSpec, tree: Path, pack: Pack, plan: Plan, opts: RunOptions, pack_dir: Path, artifacts: Path,
-              timeout: int, source: upstream.Source, env: Env, say: Progress, guard: Guard | None = None) -> StageRecord:
+              timeout: int, source: upstream.Source, env: Env, say: Progress,
+              guard: Guard | None = None) -> StageRecord:
     """Run the reproducer once on `tree` in `env`, under the protocol's trust rules."""
     name = spec.name
     # a compiler pack's checkout is the compiler's C++ source at the base: recorded, never imported

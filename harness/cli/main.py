@@ -26,6 +26,8 @@ from ..core.layout import Layout, default_cache_dir, default_env_dir
 from ..core.model import Verdict
 from ..envs import locks
 from ..envs.provision import EnvError, FolderSource
+from ..envs.store import StoreError
+from ..envs.wheels import WheelError
 from ..offline import bundle
 from ..report import compare, export, markdown, merge, outputs, receipts
 from ..run import execution
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
     try:
         return _dispatch(mode, args, argv, layout, console, err)
     except (UsageError, manifest.ManifestError, bundle.BundleError, locks.StackError, EnvError,
-            ContainerError, compare.CompareError, merge.MergeError) as exc:
+            ContainerError, compare.CompareError, merge.MergeError, WheelError, StoreError) as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         return EXIT_USAGE
     except OSError as exc:  # a file system fault: say which file, never a traceback
@@ -149,7 +151,7 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise UsageError(f"--interpreter {python}: no such executable")
     if getattr(args, "compare", None) is not None:
         compare.previous_verdicts(args.compare)  # unreadable or not a report: CompareError -> one line
-    if args.upstream and args.upstream != "latest-release":
+    if args.upstream is not None and args.upstream != "latest-release":
         try:
             upstream.check_ref(args.upstream)
         except upstream.SourceError as exc:

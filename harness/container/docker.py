@@ -1,14 +1,15 @@
-"""--docker: the same runner command, run inside the pack's stack image (docker/<stack>/) with the GPU.
+"""--docker: the same runner command, run inside the image of the selected packs' stacks, with the GPU where
+a pack needs one.
 
-`python runner.py --pack 05 --docker [options]` builds the image of pack 05's stack through the Docker
-SDK, or reuses it: the image tag is a hash of the build context (the stack's folder) and its build
-arguments, so an unchanged stack is never rebuilt and a changed one never reuses a stale image. It then
-runs `python runner.py --pack 05 [options]` in a container with every GPU, as the calling user. Every
-host path the command reads or writes is bind-mounted at the same path inside the container: the
-collection read-only, the source cache, the run folder and the output files (--json, --junit,
---markdown, --receipt's evidence/) writable, inputs (--source, --offline, --compare) read-only. So the
-container prints the same verdicts and writes the same files, with the same paths in them, as a run on
-the host would; its exit code is the runner's.
+`python runner.py --pack 05 --docker [options]` builds the image of pack 05's stacks (container/image.py:
+one Dockerfile, a build context the runner prepares on the host, each stack's environment provisioned at
+build time from the locked wheels), or reuses it: the image tag is a digest of everything the image holds,
+so an unchanged set of inputs is never rebuilt and a changed one never reuses a stale image. It then runs
+`python runner.py --pack 05 [options]` in a container, as the calling user. Every host path the command
+reads or writes is bind-mounted at the same path inside: the collection read-only, the source cache, the run
+folder and the output files (--json, --junit, --markdown, --receipt's evidence/) writable, inputs (--source,
+--offline, --compare) read-only. So the container prints the same verdicts and writes the same files, with
+the same paths in them, as a run on the host would; its exit code is the runner's.
 
 The build and run requests are plain data (`plan()`), converted to the SDK's types only when sent, so
 they can be read and tested without a Docker engine. The SDK (`pip install -e '.[docker]'`) is imported
@@ -18,35 +19,29 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import hashlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
-from ..core import manifest
+from ..core import fsutil, manifest
 from ..core.layout import Layout, default_cache_dir
 from ..core.manifest import Pack
-from ..envs import locks as stacks
+from ..envs import wheels
+from . import image as images
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
-IMAGE_REPO = "upstream-repro"
 GPU_REQUEST = {"count": -1, "capabilities": [["gpu"]]}  # every GPU, like `docker run --gpus all`
 HOME = "/tmp/repro-home"  # the calling user has no home in the image; compile caches go under it
-# Options that never travel into the container: --docker itself, and --interpreter (a host Python;
-# inside, the image's Python runs the reproducers).
-NOT_FORWARDED = {"help", "docker", "interpreter"}
+# Options that never travel into the container: --docker itself; --interpreter and --env-dir are host paths
+# (inside, the image's Python and environments run the reproducers).
+NOT_FORWARDED = {"help", "docker", "interpreter", "env_dir"}
 OUTPUTS = {"json", "junit", "markdown"}  # files the runner writes: their folders are mounted writable
-HOST_ONLY = ("list", "lint", "status", "report", "export", "bundle")  # nothing to run on a GPU
+HOST_ONLY = ("list", "lint", "status", "report", "export", "bundle", "provision")  # nothing to run in a container
 # A host path is mounted at the same path inside; never over the image's own system folders.
-_SYSTEM = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/opt/venv", "/proc", "/run", "/sbin",
+_SYSTEM = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/opt/repro", "/proc", "/run", "/sbin",
            "/sys", "/usr", "/var/lib")
 
 
@@ -59,7 +54,7 @@ class Plan:
     """Everything --docker will do, as plain data."""
 
     packs: list[str]
-    stack: str
+    stacks: list[str]
     tag: str
     build: dict[str, Any]  # keyword arguments of the SDK's APIClient.build
     run: dict[str, Any]  # keyword arguments of the SDK's containers.run, mounts and GPUs as dicts
@@ -67,64 +62,26 @@ class Plan:
     make_files: list[str] = field(default_factory=list)  # created empty: single files mounted writable
     notes: list[str] = field(default_factory=list)
 
+    needs_gpu: bool = False
+
     def who(self) -> str:
-        return f"pack {', '.join(self.packs)} (stack {self.stack})"
+        return f"pack {', '.join(self.packs)} (stacks {', '.join(self.stacks)})"
 
 
-def base_image(layout: Layout) -> tuple[str, str]:
-    """(image tag, digest or '') from docker/base.toml: the base every stack builds FROM."""
-    path = stacks.docker_dir(layout) / "base.toml"
+def build_request(packs: list[Pack], layout: Layout, cache_dir: Path) -> dict[str, Any]:
+    """The build's keyword arguments (APIClient.build); its context folder is prepared only when building."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ContainerError(f"{path}: cannot be read ({exc})") from exc
-    image, digest = data.get("image", ""), data.get("digest", "")
-    if not image or (digest and not (digest.startswith("sha256:") and len(digest) == 71)):
-        raise ContainerError(f"{path}: needs image = 'name:tag' and digest = '' or 'sha256:<64 hex>'")
-    return image, digest
-
-
-def context_hash(context: Path, buildargs: dict[str, str]) -> str:
-    """sha256 over the build context (every file's path and bytes) and the build arguments."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in context.rglob("*") if p.is_file()):
-        h.update(path.relative_to(context).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(path.read_bytes()).digest())
-    h.update(json.dumps(buildargs, sort_keys=True).encode())
-    return h.hexdigest()
-
-
-def build_request(stack: str, layout: Layout) -> dict[str, Any]:
-    context = stacks.stack_dir(stack, layout)
-    if not (context / "Dockerfile").is_file():
-        raise ContainerError(f"stack '{stack}': {context / 'Dockerfile'} does not exist")
-    image, digest = base_image(layout)
-    buildargs = {"BASE_IMAGE": image, **({"BASE_DIGEST": digest} if digest else {})}
-    content = context_hash(context, buildargs)
+        stacks = images.stacks_of(packs)
+        base = images.base(layout)
+        tag, digest = images.tag_for(layout, stacks, base)
+    except images.ImageError as exc:
+        raise ContainerError(f"pack {', '.join(p.id for p in packs)}: {exc}") from exc
     return {
-        "path": str(context), "dockerfile": "Dockerfile", "tag": f"{IMAGE_REPO}/{stack}:ctx-{content[:16]}",
-        "buildargs": buildargs, "rm": True, "forcerm": True,
-        "labels": {"org.upstream-repro.stack": stack, "org.upstream-repro.context-sha256": content,
-                   "org.upstream-repro.base": image + (f"@{digest}" if digest else "")},
+        "path": str(cache_dir / "docker" / f"context-{digest[:16]}"), "dockerfile": "Dockerfile", "tag": tag,
+        "buildargs": {"BASE_IMAGE": base.ref, "PYTHON": base.python}, "rm": True, "forcerm": True,
+        "labels": {"org.upstream-repro.stacks": ",".join(stacks), "org.upstream-repro.content-sha256": digest,
+                   "org.upstream-repro.base": base.ref},
     }
-
-
-def stack_of(packs: list[Pack], layout: Layout) -> str:
-    """The one stack the selected packs share; --docker runs one container per call."""
-    names = ", ".join(p.id for p in packs)
-    missing = [p.id for p in packs if not p.stack]
-    if missing:
-        raise ContainerError(f"pack {', '.join(missing)}: no [requires].stack in pack.toml, so --docker does not "
-                             f"know which image to run it in (stage: choosing the image); add one of: "
-                             f"{', '.join(stacks.available(layout)) or '(docker/ has no stack)'}")
-    by_stack: dict[str, list[str]] = {}
-    for p in packs:
-        by_stack.setdefault(p.stack, []).append(p.id)
-    if len(by_stack) > 1:
-        parts = "; ".join(f"{s}: {', '.join(ids)}" for s, ids in sorted(by_stack.items()))
-        raise ContainerError(f"pack {names}: --docker runs the packs of one stack per call, these need several "
-                             f"({parts}) (stage: choosing the image); run one call per stack with --pack")
-    return packs[0].stack
 
 
 def _value(v: Any) -> str:
@@ -209,39 +166,42 @@ def plan(packs: list[Pack], args: argparse.Namespace, parser: argparse.ArgumentP
          stamp: str | None = None) -> Plan:
     """The build and run requests for this command, as plain data (nothing is touched)."""
     env = os.environ if env is None else env
-    stack = stack_of(packs, layout)
-    who = f"pack {', '.join(p.id for p in packs)} (stack {stack})"
-    build = build_request(stack, layout)
     root = layout.root.resolve()
     cache_dir = (args.cache_dir or default_cache_dir()).resolve()
-    run_dir = (args.run_dir or layout.runs / (stamp or datetime.now().strftime("%Y%m%d-%H%M%S"))).resolve()
+    build = build_request(packs, layout, cache_dir)
+    stacks = build["labels"]["org.upstream-repro.stacks"].split(",")
+    who = f"pack {', '.join(p.id for p in packs)} (stacks {', '.join(stacks)})"
+    run_dir = (args.run_dir or layout.runs / (stamp or fsutil.run_stamp())).resolve()
     evidence = layout.evidence.resolve() if getattr(args, "receipt", False) else None
     mounts, make_dirs, make_files = mounts_for(root, args, parser, cache_dir, run_dir, evidence)
     for m in mounts:
         _check_target(Path(m["target"]), who)
-    command = ["python", str(root / "runner.py"),
+    command = [images.RUNNER_PYTHON, str(root / "runner.py"),
                *forwarded_argv(args, parser, {"cache_dir": cache_dir, "run_dir": run_dir})]
     environment = {"HOME": HOME, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
-                   "REPRO_CONTAINER_IMAGE": build["tag"]}
+                   "REPRO_CONTAINER_IMAGE": build["tag"], "REPRO_ENV_DIR": images.ENV_DIR}
     if "CUDA_VISIBLE_DEVICES" in env:
         environment["CUDA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"]
     if uid_gid is None and hasattr(os, "getuid"):
         uid_gid = (os.getuid(), os.getgid())
+    needs_gpu = any(p.gpu for p in packs)
     run = {
         "image": build["tag"], "command": command, "working_dir": str(root), "environment": environment,
-        "mounts": mounts, "device_requests": [GPU_REQUEST], "detach": True, "init": True,
+        "mounts": mounts, "device_requests": [GPU_REQUEST] if needs_gpu else [], "detach": True, "init": True,
         "labels": {"org.upstream-repro.packs": ",".join(p.name for p in packs)},
     }
     if uid_gid is not None:  # files it writes belong to the caller, as on the host
         run["user"] = f"{uid_gid[0]}:{uid_gid[1]}"
     notes = []
-    if "BASE_DIGEST" not in build["buildargs"]:
+    if "@" not in build["buildargs"]["BASE_IMAGE"]:
         notes.append(f"base image {build['buildargs']['BASE_IMAGE']} is pinned by tag only: docker/base.toml "
-                     "has no digest yet (docker/README.md)")
+                     "has no digest yet (docs/containers.md)")
     if getattr(args, "interpreter", sys.executable) != sys.executable:
         notes.append(f"--interpreter {args.interpreter} is a host Python and is not used: the image's Python runs "
                      "the reproducers")
-    return Plan([p.id for p in packs], stack, build["tag"], build, run, make_dirs, make_files, notes)
+    if not needs_gpu:
+        notes.append("no selected pack needs a GPU: the container gets none")
+    return Plan([p.id for p in packs], stacks, build["tag"], build, run, make_dirs, make_files, notes, needs_gpu)
 
 
 def sdk_run_kwargs(run: dict[str, Any], sdk: Any) -> dict[str, Any]:
@@ -277,8 +237,8 @@ def connect(sdk: Any, who: str) -> Any:
     return client
 
 
-def ensure_image(client: Any, sdk: Any, p: Plan, say) -> str:
-    """Reuse the image of this exact context, or build it; returns 'reused' or 'built'."""
+def ensure_image(client: Any, sdk: Any, p: Plan, say, prepare: Callable[[], None] | None = None) -> str:
+    """Reuse the image of these exact inputs, or prepare its context and build it; 'reused' or 'built'."""
     try:
         client.images.get(p.tag)
         say(f"image {p.tag}: reusing it (built from this very context)")
@@ -287,6 +247,8 @@ def ensure_image(client: Any, sdk: Any, p: Plan, say) -> str:
         pass
     except sdk.errors.DockerException as exc:
         raise ContainerError(f"{p.who()}: looking up image {p.tag} failed ({exc}) (stage: build)") from exc
+    if prepare is not None:
+        prepare()
     say(f"image {p.tag}: building it from {p.build['path']} (minutes: torch and the CUDA wheels are large)")
     tail: list[str] = []
     try:
@@ -294,9 +256,8 @@ def ensure_image(client: Any, sdk: Any, p: Plan, say) -> str:
             if "error" in chunk:
                 raise ContainerError(
                     f"{p.who()}: building image {p.tag} failed: {str(chunk['error']).strip()} (stage: build); "
-                    f"the last build lines: {' | '.join(tail[-5:])}; check docker/{p.stack}/Dockerfile and its "
-                    f"requirements.txt (regenerate it with python -m harness.stacks --lock {p.stack}), and that "
-                    "the base image and the package index can be reached from the build")
+                    f"the last build lines: {' | '.join(tail[-5:])}; check docker/Dockerfile, the base image "
+                    "(docker/base.toml or REPRO_DOCKER_BASE) and the stacks' locks (python -m harness.envs.locks)")
             line = str(chunk.get("stream", "")).rstrip()
             if line:
                 tail.append(line)
@@ -360,31 +321,25 @@ def cli_run(args: argparse.Namespace, parser: argparse.ArgumentParser, layout: L
             out: TextIO | None = None, err: TextIO | None = None, sdk: Any = None) -> int:
     """runner.py ... --docker: returns the runner's exit code from inside the container.
     Raises ContainerError (cannot build or start) and manifest.ManifestError (bad selection)."""
-    p = plan(_selected(args, layout), args, parser, layout)
+    packs = _selected(args, layout)
+    p = plan(packs, args, parser, layout)
     for note in p.notes:
         say(f"note: {note}")
     sdk = sdk or import_sdk(p.who())
     client = connect(sdk, p.who())
-    ensure_image(client, sdk, p, say)
+    cache_dir = (args.cache_dir or default_cache_dir()).resolve()
+
+    def prepare() -> None:
+        try:
+            images.prepare_context(layout, packs, images.base(layout), cache_dir, say)
+        except (images.ImageError, wheels.WheelError, OSError) as exc:
+            raise ContainerError(f"{p.who()}: preparing the build context failed ({exc}) (stage: build); the host "
+                                 "needs the package index to fetch the locked wheels once") from exc
+
+    ensure_image(client, sdk, p, say, prepare)
     return run_container(client, sdk, p, say, out or sys.stdout, err or sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m harness.container [runner options]`: print what `runner.py [options] --docker` would
-    send to the Docker engine (the build and run requests), as JSON; no engine or SDK needed."""
-    from ..cli.main import build_parser  # noqa: PLC0415 - cli imports this module
-
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    layout = Layout()
-    try:
-        p = plan(_selected(args, layout), args, parser, layout)
-    except (ContainerError, manifest.ManifestError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(asdict(p), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def plan_json(args: argparse.Namespace, parser: argparse.ArgumentParser, layout: Layout) -> str:
+    """What `runner.py [options] --docker` would send to the Docker engine, as JSON (no engine or SDK needed)."""
+    return json.dumps(asdict(plan(_selected(args, layout), args, parser, layout)), indent=2)

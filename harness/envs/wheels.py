@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.version import Version
 
 from ..run.execution import run_captured
 from ..sources import pkgindex
@@ -60,7 +61,21 @@ def _suits(filename: str, python: str, tags: tuple[str, ...]) -> bool:
 
 def download(pins: list[Pin], dest: Path, python: str, platform: str, progress: Progress) -> dict[str, Path]:
     """Download the locked wheels of `pins` into dest; {canonical name: wheel}. pip runs in hash-checking
-    mode, and each file's sha256 is checked against its pin here again."""
+    mode, and each file's sha256 is checked against its pin here again. Pins of one name at two versions
+    (two stacks' locks) go to pip in separate calls; the result then holds the last."""
+    batches: list[list[Pin]] = []
+    for pin in pins:
+        batch = next((b for b in batches if all(p.name != pin.name for p in b)), None)
+        if batch is None:
+            batches.append(batch := [])
+        batch.append(pin)
+    got: dict[str, Path] = {}
+    for batch in batches:
+        got.update(_download(batch, dest, python, platform))
+    return got
+
+
+def _download(pins: list[Pin], dest: Path, python: str, platform: str) -> dict[str, Path]:
     if not pins:
         return {}
     dest.mkdir(parents=True, exist_ok=True)
@@ -84,17 +99,17 @@ def download(pins: list[Pin], dest: Path, python: str, platform: str, progress: 
     by_name = {p.name: p for p in pins}
     for wheel in dest.glob("*.whl"):
         try:
-            name = canonicalize_name(parse_wheel_filename(wheel.name)[0])
+            name, version, *_ = parse_wheel_filename(wheel.name)
         except InvalidWheelFilename:
             continue
-        pin = by_name.get(name)
-        if pin is None:
+        pin = by_name.get(canonicalize_name(name))
+        if pin is None or version != Version(pin.version):
             continue
         digest = _sha256(wheel)
         if not pin.allows(digest):
             raise WheelError(f"{wheel.name}: sha256 {digest} is not one the lock pins for {pin.name}=={pin.version} "
                              "(nothing was installed)")
-        got[name] = wheel
+        got[pin.name] = wheel
     missing = sorted(set(by_name) - set(got))
     if missing:
         raise WheelError(f"pip downloaded no wheel for {', '.join(missing)}")

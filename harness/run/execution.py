@@ -48,6 +48,7 @@ class Completed:
     interrupted: bool = False
     killed_leftovers: int = 0  # descendants still running after the reproducer exited, killed
     notes: list[str] = field(default_factory=list)
+    token: str = ""  # the REPRO_STAGE_TOKEN its processes carried
 
     @property
     def last_stderr_line(self) -> str:
@@ -172,7 +173,7 @@ def run_command(cmd: list[str], cwd: Path, env: dict[str, str], timeout_s: float
             fh.write(f"\n----- end -----\n# exit: {exit_code} timed_out: {timed_out} interrupted: {interrupted} "
                      f"duration: {duration:.1f}s{'; ' + '; '.join(notes) if notes else ''}\n".encode())
     return Completed(exit_code, timed_out, duration, protocol, out.tail_text(), err.tail_text(), log, interrupted,
-                     leftovers, notes)
+                     leftovers, notes, token)
 
 
 def _kill_tree(proc: subprocess.Popen, token: str) -> None:

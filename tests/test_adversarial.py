@@ -171,10 +171,11 @@ def test_an_sdist_with_a_link_member_is_that_packs_error(collection, upstream, c
 
 
 WRITES_OUTSIDE = {
-    "the other tree": "import os, pathlib\nt = pathlib.Path(os.environ['REPRO_ARTIFACTS']).parent / 'work' / 'patched' / "
-                      "'src' / 'widget' / '__init__.py'\nif t.exists(): t.write_text('VALUE = 1  # poisoned\\n')\n",
-    "the pristine cache": "import widget, pathlib, os\np = pathlib.Path(os.environ['PYTHONPATH'].split(os.pathsep)[0])\n"
-                          "import glob\nfor f in glob.glob(os.environ['CACHE'] + '/git/*/*/tree/src/widget/__init__.py'):\n"
+    "the other tree": "import os, pathlib\nt = pathlib.Path(os.environ['REPRO_ARTIFACTS']).parent / 'work' / "
+                      "'patched' / 'src' / 'widget' / '__init__.py'\n"
+                      "if t.exists(): t.write_text('VALUE = 1  # poisoned\\n')\n",
+    "the pristine cache": "import glob, os\n"
+                          "for f in glob.glob(os.environ['CACHE'] + '/git/*/*/tree/src/widget/__init__.py'):\n"
                           "    os.chmod(f, 0o644); open(f, 'a').write('# poisoned\\n')\n",
     "a new file in the cache": "import glob, os\nfor d in glob.glob(os.environ['CACHE'] + '/git/*/*/tree'):\n"
                                "    os.chmod(d, 0o755); open(d + '/planted.py', 'w').write('x = 1\\n')\n",
@@ -258,7 +259,8 @@ def test_a_setsid_grandchild_holding_stdout_does_not_stretch_the_timeout(tmp_pat
 
 def test_a_grandchild_left_behind_after_a_normal_exit_is_killed(tmp_path):
     marker = tmp_path / "alive"
-    (tmp_path / "late.py").write_text(f"import time, pathlib\ntime.sleep(6)\npathlib.Path({str(marker)!r}).write_text('x')\n")
+    late = f"import time, pathlib\ntime.sleep(6)\npathlib.Path({str(marker)!r}).write_text('x')\n"
+    (tmp_path / "late.py").write_text(late)
     code = ("import subprocess, sys\n"
             f"subprocess.Popen(['setsid', sys.executable, {str(tmp_path / 'late.py')!r}])\nprint('done')\n")
     start = time.monotonic()
@@ -307,8 +309,9 @@ def test_sigint_stops_the_stage_and_its_children_and_reports_what_finished(colle
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
         from harness.cli import main as cli
         from harness.core.layout import Layout
+        layout = Layout(Path({str(collection.layout.root)!r}))
         sys.exit(cli.main(["--all", "--cache-dir", {str(cache)!r}, "--run-dir", {str(tmp_path / "runs")!r},
-                           "--json", {str(tmp_path / "o.json")!r}], layout=Layout(Path({str(collection.layout.root)!r}))))
+                           "--json", {str(tmp_path / "o.json")!r}], layout=layout))
         """))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.run import importing
+from harness.sources import importing
 
 
 def _tree(root: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main as cli
-from harness.core import manifest
+from harness.core import evidence, manifest
 from harness.core.layout import Layout
 from harness.report import compare, markdown, receipts
 from harness.run import repeat
@@ -30,7 +30,7 @@ def test_headline_follows_declared_paths_with_wildcards():
     ev = {"grouped": [{"worst_rel_err": 0.01, "finite": True}, {"worst_rel_err": 0.02}], "seed": 0}
     got = markdown.headline(ev, ("grouped.*.worst_rel_err",))
     assert got == "grouped.0.worst_rel_err=0.01, grouped.1.worst_rel_err=0.02"
-    assert markdown.flatten({"a": [], "b": {"c": [1]}}) == {"a": [], "b.c.0": 1}
+    assert evidence.flatten({"a": [], "b": {"c": [1]}}) == {"a": [], "b.c.0": 1}
 
 
 def test_headline_path_naming_a_list_or_dict_shows_it_whole():

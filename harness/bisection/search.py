@@ -46,7 +46,8 @@ from ..envs import probe
 from ..envs.provision import Env, EnvError
 from ..offline import boot, bundle
 from ..report.markdown import headline
-from ..run import importing, kinds, pipeline
+from ..run import kinds, pipeline
+from ..sources import importing
 from ..sources import upstream as sources
 from ..sources.gitutil import GitError
 from . import history

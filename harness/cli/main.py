@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
     except SystemExit as exc:  # argparse has printed the usage line and its one-line error (or the help)
         return int(exc.code or 0)
     # Wide when not a terminal (CI logs), so tables and evidence lines are not folded.
-    console = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
-    err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+    # emoji off: ":100:" in a path or a reason is text, not a picture
+    console = Console(width=None if sys.stdout.isatty() else 200, highlight=False, emoji=False)
+    err = Console(stderr=True, highlight=False, emoji=False, width=None if sys.stderr.isatty() else 200)
     mode, problems = mode_of(args)
     if problems:
         for problem in problems:
@@ -171,6 +172,7 @@ def _options(args: argparse.Namespace, layout: Layout, cache_dir: Path, **over) 
         check_only=getattr(args, "check", False), keep=args.keep, timeout_s=args.timeout,
         source_dir=getattr(args, "source", None), source_kind=getattr(args, "source_kind", "auto"),
         python=args.interpreter, env_mode=args.env, env_dir=(args.env_dir or default_env_dir()).resolve(),
+        upstream_tests=getattr(args, "upstream_tests", False),
     )
     for key, value in over.items():
         setattr(opts, key, value)

@@ -86,6 +86,8 @@ class Pack:
     stack: str | None = None  # docker/<stack>/: the container --docker runs the pack in
     companions: tuple[Companion, ...] = ()
     compiler: CompilerFix | None = None  # [compiler]: the fix is a compiler release, not a patch
+    tests: tuple[str, ...] = ()  # [tests].paths: upstream's own tests of the patched code (pytest arguments)
+    tests_timeout_s: int = 1800
 
     @property
     def name(self) -> str:
@@ -230,6 +232,8 @@ def load_pack(pack_dir: Path, layout: Layout | None = None) -> Pack:
                                    tuple(c.get("import_paths", (".",))), tuple(c.get("skip_init", ())))
                          for c in req.get("companions", ())),
         compiler=_compiler(data.get("compiler")),
+        tests=tuple(data.get("tests", {}).get("paths", ())),
+        tests_timeout_s=data.get("tests", {}).get("timeout_s", 1800),
     )
 
 

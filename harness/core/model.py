@@ -108,6 +108,7 @@ class PackResult:
     bundle: dict[str, Any] | None = None
     repeat: dict[str, Any] | None = None  # --repeat N: the runs' verdicts and any differences
     jobs: int = 1  # how many packs shared the machine with this one's run (1: it ran alone)
+    upstream_tests: dict[str, Any] | None = None  # --upstream-tests: upstream's tests on the clean and patched trees
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

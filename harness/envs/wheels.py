@@ -13,7 +13,7 @@ from pathlib import Path
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from ..run.execution import run_captured
+from ..core.procs import run_captured
 from ..sources import pkgindex
 from .locks import WHEEL_TAGS, Pin
 

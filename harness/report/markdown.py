@@ -8,6 +8,7 @@ import json
 import re
 from typing import Any
 
+from ..core.evidence import flatten, nodes
 from ..core.layout import Layout
 from ..core.manifest import Pack, discover, load_pack
 from ..core.model import PackResult
@@ -17,20 +18,6 @@ from . import receipts
 _HEADLINE = re.compile(r"(worst|ratio|dots|err|raised|identical|finite|passes|not_bitwise)", re.IGNORECASE)
 _SKIP = re.compile(r"(seed|shape|config|threshold|version|median_ms|timing|perf|reference_max|ref_max|iqr)",
                    re.IGNORECASE)
-
-
-def nodes(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Every path of `value` with what it holds, inner lists and dicts included (the root's path is "")."""
-    out: dict[str, Any] = {prefix[:-1]: value}
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for k, v in items:
-        out.update(nodes(v, f"{prefix}{k}."))
-    return out
-
-
-def flatten(value: Any) -> dict[str, Any]:
-    """{'a': {'b': [1, {'c': 2}]}} -> {'a.b.0': 1, 'a.b.1.c': 2}; leaves only (an empty list or dict is one)."""
-    return {k: v for k, v in nodes(value).items() if not (isinstance(v, (list, dict)) and v)}
 
 
 def headline(evidence: dict[str, Any] | None, paths: tuple[str, ...] = (), limit: int = 4) -> str:

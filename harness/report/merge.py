@@ -1,7 +1,8 @@
 """--merge A.json B.json ...: one report from several runs' --json reports.
 
-A nightly on a machine whose calls are short and whose carry is small (this workplace's GPU node: 10
-minutes and 64 MiB a call) runs the collection in parts, one offline bundle per stack. The merged report
+A nightly that fans packs out over several GPU runners (a job matrix by stack), or a GPU node whose jobs
+are short and whose file transfers are small (say 10 minutes and 64 MiB each), runs the collection in
+parts. The merged report
 holds every part's pack results unchanged, names each part (file, command, ref) under `merged_from`, and
 refuses a pack that appears in two parts: one verdict per pack, and no silent choice between two runs.
 The JUnit and markdown outputs are then written from it as from a single run.

@@ -57,7 +57,7 @@ def manifest_digest(path: Path, *, with_expect: bool = False) -> str:
     `exclusive = ...` in [run] (scheduling under --jobs; the receipt records the jobs). Without any of
     these, the file's own sha256. `with_expect` keeps [expect]: receipts written before it was left out
     (2026-11-23) hold that digest."""
-    dropped = {b"report"} if with_expect else {b"report", b"expect"}
+    dropped = {b"report", b"tests"} if with_expect else {b"report", b"expect", b"tests"}
     kept, skipping, table = [], False, b""
     for line in path.read_bytes().splitlines(keepends=True):
         header = re.match(rb"^\s*\[([^\]]+)\]\s*(#.*)?$", line)
@@ -80,7 +80,7 @@ def manifest_digest(path: Path, *, with_expect: bool = False) -> str:
 def harness_digest() -> str:
     """sha256 over the harness package's files (path and content, sorted): which runner code made a
     receipt, independent of git. A GPU node may hold the collection's files without its current HEAD
-    (the device machine here syncs files, not .git), so collection_commit alone can name an older commit."""
+    (a node that is sent the files, not .git), so collection_commit alone can name an older commit."""
     root = resources.files("harness")
     digest = hashlib.sha256()
     for path in sorted(Path(str(root)).rglob("*")):

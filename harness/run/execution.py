@@ -1,4 +1,4 @@
-"""Running one stage of a reproducer: a subprocess in its own session, its output streamed to the log as
+"""Running one stage of a reproducer: a subprocess leading its own process group, its output streamed to the log as
 it comes (bytes, nothing lost on a timeout or an interrupt), only a bounded tail and the protocol lines
 kept in memory, a heartbeat while it runs, and a wall time bounded by the timeout plus a few seconds
 whatever its children do.
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.model import ALL_SENTINELS
+from ..core.procs import STOP  # set by the command line's signal handlers
 
 TAIL_BYTES = 64 * 1024  # of each stream, for error messages
 MAX_PROTOCOL_LINES = 1000  # EVIDENCE and sentinel lines kept (more than one of each is already an error)
@@ -29,9 +30,6 @@ HEARTBEAT_S = 15.0
 KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this
 DRAIN_S = 2.0  # how long the pipes may stay open after the process is gone
 TOKEN_VAR = "REPRO_STAGE_TOKEN"
-
-# Set by the command line's signal handlers: every running stage stops, its children with it.
-STOP = threading.Event()
 
 Heartbeat = Callable[[float, str], None]  # (elapsed seconds, the last output line)
 
@@ -222,32 +220,3 @@ def kill_token(token: str, sig: int = signal.SIGKILL) -> int:
         except (ProcessLookupError, PermissionError):
             pass
     return len(pids)
-
-
-def run_captured(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None,
-                 timeout: float = 600, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """subprocess.run for helper commands (git, pip, uv): its own session, killed with its children on a
-    timeout, on an interrupt, or when the caller is unwound by an exception."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
-                            start_new_session=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                out, err = proc.communicate(input=input, timeout=0.5)
-                break
-            except subprocess.TimeoutExpired:
-                input = None  # already written
-                if STOP.is_set():
-                    raise KeyboardInterrupt(f"interrupted while running {cmd[0]}") from None
-                if time.monotonic() > deadline:
-                    raise subprocess.TimeoutExpired(cmd, timeout) from None
-    except BaseException:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -25,8 +25,8 @@ from ..core.manifest import Pack
 from ..core.model import PackResult, PatchStatus, StageRecord, Verdict
 from ..envs import locks, probe, provision
 from ..envs.provision import Env, EnvError, EnvUnavailable
-from ..sources import companions, patching, upstream
-from . import execution, importing, kinds, sentinels, verdicts
+from ..sources import companions, importing, patching, upstream
+from . import execution, kinds, sentinels, upstream_tests, verdicts
 from .kinds import Plan, StageSpec
 
 Progress = upstream.Progress
@@ -50,6 +50,7 @@ class RunOptions:
     units: provision.UnitSource | None = None  # where environments' units come from (None: the package index)
     bundle: dict[str, Any] | None = None  # what --offline ran from
     offline: bool = False  # sources and units only from the bundle
+    upstream_tests: bool = False  # also run the tests each pack names in [tests], on its clean and patched trees
     companion_roots: tuple[Path, ...] = ()  # set once per run by prepare (bisect: once per bisect)
     jobs: int = 1  # --jobs: packs run side by side on this machine (recorded in results and receipts)
 
@@ -236,6 +237,14 @@ def _run(pack: Pack, plan: Plan, opts: RunOptions, result: PackResult, pack_dir:
     result.verdict, result.reason = plan.classify(outcomes, patch.status, pack)
     if result.verdict == Verdict.PATCH_CONFLICT:
         result.reason += ": " + "; ".join(patch.failures)
+    if opts.upstream_tests and pack.tests and "patched" in trees:
+        phase[0] = "running upstream's tests"
+        say(f"upstream tests ({', '.join(pack.tests)}) on the clean and patched trees")
+        env = stage_env(pack, plan.stages[0], opts, say)
+        runs = {name: upstream_tests.run_tests(pack, trees[name], env,
+                                               stage_variables(name, trees[name], pack, opts, pack_dir, artifacts, env),
+                                               pack_dir, name) for name in ("clean", "patched")}
+        result.upstream_tests = upstream_tests.judge(result, runs["clean"], runs["patched"])
 
 
 # ---------------------------------------------------------------- the machine and the environments
@@ -379,11 +388,10 @@ class Guard:
         return found
 
 
-def run_stage(spec: StageSpec, tree: Path, pack: Pack, plan: Plan, opts: RunOptions, pack_dir: Path, artifacts: Path,
-              timeout: int, source: upstream.Source, env: Env, say: Progress,
-              guard: Guard | None = None) -> StageRecord:
-    """Run the reproducer once on `tree` in `env`, under the protocol's trust rules."""
-    name = spec.name
+def stage_variables(name: str, tree: Path, pack: Pack, opts: RunOptions, pack_dir: Path, artifacts: Path,
+                    env: Env) -> dict[str, str]:
+    """The environment variables a stage (or upstream's tests on its tree) runs with: the import paths of the
+    checkout (and a sitecustomize for skip_init) first on PYTHONPATH, the environment's own variables."""
     # a compiler pack's checkout is the compiler's C++ source at the base: recorded, never imported
     import_paths = () if pack.is_compiler else pack.import_paths
     entries = importing.path_entries(tree, import_paths, pack.skip_init + companions.skip_init(pack),
@@ -393,6 +401,15 @@ def run_stage(spec: StageSpec, tree: Path, pack: Pack, plan: Plan, opts: RunOpti
     variables["PYTHONPATH"] = os.pathsep.join([*map(str, entries), *([inherited] if inherited else [])])
     variables.update(env.variables)
     variables.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "REPRO_ARTIFACTS": str(artifacts)})
+    return variables
+
+
+def run_stage(spec: StageSpec, tree: Path, pack: Pack, plan: Plan, opts: RunOptions, pack_dir: Path, artifacts: Path,
+              timeout: int, source: upstream.Source, env: Env, say: Progress,
+              guard: Guard | None = None) -> StageRecord:
+    """Run the reproducer once on `tree` in `env`, under the protocol's trust rules."""
+    name = spec.name
+    variables = stage_variables(name, tree, pack, opts, pack_dir, artifacts, env)
     cwd = pack_dir / "work" / f"{name}-cwd"
     cwd.mkdir(parents=True, exist_ok=True)
     caches = compile_cache_state()

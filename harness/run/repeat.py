@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+from ..core.evidence import flatten
 from ..core.model import PackResult, Verdict
-from ..report.markdown import flatten
 
 # Measured times vary run to run by nature; they are not compared.
 _TIMING = re.compile(r"(ms|_s$|time|timing|perf|tflops|date|path|log|saved|compared_to)", re.IGNORECASE)

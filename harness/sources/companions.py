@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.manifest import Pack
-from ..run import importing
+from . import importing
 from . import upstream as sources
 from .upstream import Progress
 

@@ -27,8 +27,10 @@ boot(sys.argv[1:])  # --offline: the bundle's runner dependencies fill what this
 from harness.core import manifest  # noqa: E402
 from harness.core.layout import Layout, default_cache_dir  # noqa: E402
 from harness.offline import bundle  # noqa: E402
-from harness.run import importing  # noqa: E402
-from harness.sources import patching  # noqa: E402
+from harness.sources import (
+    importing,  # noqa: E402
+    patching,  # noqa: E402
+)
 from harness.sources import upstream as sources  # noqa: E402
 
 

@@ -17,7 +17,7 @@ ALLOWED = {  # subpackage -> the subpackages it may import (its own always)
     "run": {"core", "sources", "envs"},
     "offline": {"core", "sources", "envs"},
     "bisection": {"core", "sources", "envs", "run", "offline", "report"},
-    "report": {"core", "sources", "run"},
+    "report": {"core", "sources", "envs", "run"},
     "container": {"core", "envs"},
     "checks": {"core", "sources", "envs"},
     "cli": {"core", "sources", "envs", "run", "offline", "bisection", "report", "container", "checks"},

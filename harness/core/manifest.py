@@ -88,6 +88,8 @@ class Pack:
     compiler: CompilerFix | None = None  # [compiler]: the fix is a compiler release, not a patch
     tests: tuple[str, ...] = ()  # [tests].paths: upstream's own tests of the patched code (pytest arguments)
     tests_timeout_s: int = 1800
+    tests_select: str | None = None  # a pytest -k expression
+    tests_pin_autotune: bool = False
 
     @property
     def name(self) -> str:
@@ -104,6 +106,11 @@ class Pack:
     @property
     def readme_path(self) -> Path:
         return self.dir / "README.md"
+
+    @property
+    def module_paths(self) -> tuple[Path, ...]:
+        """The pack's own Python modules next to repro.py (imported by it from its folder): hashed with it."""
+        return tuple(sorted(p for p in self.dir.glob("*.py") if p.name != "repro.py"))
 
     @property
     def git_url(self) -> str:
@@ -234,6 +241,8 @@ def load_pack(pack_dir: Path, layout: Layout | None = None) -> Pack:
         compiler=_compiler(data.get("compiler")),
         tests=tuple(data.get("tests", {}).get("paths", ())),
         tests_timeout_s=data.get("tests", {}).get("timeout_s", 1800),
+        tests_select=data.get("tests", {}).get("select"),
+        tests_pin_autotune=bool(data.get("tests", {}).get("pin_autotune", False)),
     )
 
 

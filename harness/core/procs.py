@@ -1,6 +1,6 @@
 """Processes the runner starts (standard library only): the event that stops them all on SIGINT/SIGTERM, and
-helper commands (git, pip, uv) run in their own session and killed with their children when the caller is
-interrupted or unwound."""
+helper commands (git, pip, uv) started with setsid (a process group of their own) and killed with their
+children when the caller is interrupted or unwound."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ STOP = threading.Event()
 
 def run_captured(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = None,
                  timeout: float = 600, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """subprocess.run for helper commands (git, pip, uv): its own session, killed with its children on a
+    """subprocess.run for helper commands (git, pip, uv): started with setsid, killed with its children on a
     timeout, on an interrupt, or when the caller is unwound by an exception."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",

@@ -90,7 +90,10 @@ def harness_digest() -> str:
 
 
 def current_hashes(pack: Pack) -> dict[str, str | None]:
+    """The files a verdict depends on: pack.toml (less what never changes a verdict), repro.py, the pack's own
+    modules that repro.py imports (by file name; only when it has some) and the patch."""
     return {"pack.toml": manifest_digest(pack.manifest_path), "repro.py": sha256_file(pack.repro_path),
+            **{p.name: sha256_file(p) for p in pack.module_paths},
             "patch": sha256_file(pack.patch_path) if pack.has_patch else None}
 
 

@@ -7,6 +7,8 @@ environment, the test file not in the tree), the record says so and the verdict 
 
 from __future__ import annotations
 
+import os
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -41,8 +43,16 @@ def run_tests(pack: Pack, tree: Path, env: Env, variables: dict[str, str], work:
         return {"ran": False, "why": f"not in this tree: {', '.join(missing)}"}
     junit = work / f"upstream-tests-{label}.xml"
     cmd = [env.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *pack.tests]
-    done = execution.run_command(cmd, tree, {**variables, "PYTHONDONTWRITEBYTECODE": "1"}, pack.tests_timeout_s,
-                                 work / f"upstream-tests-{label}.log")
+    if pack.tests_select:
+        cmd += ["-k", pack.tests_select]
+    variables = {**variables, "PYTHONDONTWRITEBYTECODE": "1"}
+    if pack.tests_pin_autotune:  # the plugin alone on the path, not the harness
+        plugins = work / f"upstream-tests-{label}-plugins"
+        plugins.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(__file__).with_name("pytest_pin_autotune.py"), plugins / "pytest_pin_autotune.py")
+        variables["PYTHONPATH"] = os.pathsep.join([str(plugins), variables.get("PYTHONPATH", "")])
+        cmd += ["-p", "pytest_pin_autotune"]
+    done = execution.run_command(cmd, tree, variables, pack.tests_timeout_s, work / f"upstream-tests-{label}.log")
     cases = _cases(junit)
     if not cases:
         return {"ran": False, "why": (f"timed out after {pack.tests_timeout_s}s" if done.timed_out else

@@ -1,4 +1,6 @@
-"""pytest plugin for upstream_tests.py --pin-autotune: one config per Mamba-3 Triton autotuner."""
+"""pytest plugin for --upstream-tests with [tests].pin_autotune: one config per Mamba-3 Triton autotuner (4
+warps, the fewest stages), so upstream's tests do not spend minutes benchmarking configurations. Loaded by
+upstream's pytest in the pack's environment; imports nothing of the harness."""
 
 import sys
 

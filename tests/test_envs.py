@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.core import fsutil, manifest
-from harness.envs import locks, provision, store
+from harness.envs import locks, provision, store, wheels
 from harness.envs.provision import EnvError, FolderSource, IndexSource
 from harness.run import pipeline
 
@@ -319,3 +319,28 @@ def test_an_unreadable_or_missing_lock_is_a_skip_with_the_command_that_makes_it(
     assert result.verdict == "SKIPPED" and f"has no lock for Python {PYTHON}" in result.reason
     assert "python -m harness.envs.locks --lock toy" in result.reason
     assert fsutil.read_json(tmp_path / "nothing.json") == {}
+
+
+def _foreign_wheel(folder: Path, value: int) -> Path:
+    """toydep 1.0 built for another CPython (cp39): same name and version, other file, other hash."""
+    other = make_wheel(folder / "other", "toydep", "1.0", {"toydep/__init__.py": f"VALUE = {value}\n"})
+    return other.rename(folder / "toydep-1.0-cp39-cp39-manylinux_2_17_x86_64.whl")
+
+
+def test_the_same_version_built_for_another_python_is_never_picked(collection, tmp_path):
+    """A lock pins every file of a version; a folder or the unit store may hold the same version for another
+    Python (an earlier bundle or environment for it). Provisioning for this Python must take this Python's."""
+    mine = make_wheel(tmp_path / "wh", "toydep", "1.0", {"toydep/__init__.py": "VALUE = 7\n"})
+    foreign = _foreign_wheel(tmp_path / "wh", 1)
+    lock_path = add_stack(collection.layout, "toy", [("toydep", "1.0", mine)])
+    lock_path.write_text(lock_path.read_text().replace(
+        f"--hash=sha256:{sha256(mine)}", f"--hash=sha256:{sha256(foreign)} \\\n    --hash=sha256:{sha256(mine)}"))
+    assert wheels.suits(foreign.name, "3.9", PLATFORM) and not wheels.suits(foreign.name, "3.12", PLATFORM)
+    assert wheels.from_folder(load(collection.layout).pins, tmp_path / "wh", PYTHON, PLATFORM)["toydep"] == mine
+    store_dir = tmp_path / "envs" / "store"
+    store.add_wheel(store_dir, foreign, "toydep", "1.0", sha256(foreign))  # seen first, by its hash
+    env = provision.provide(load(collection.layout), sys.executable, tmp_path / "envs",
+                            FolderSource(store_dir, tmp_path / "wh"), quiet)
+    out = subprocess.run([env.python, "-c", "import toydep; print(toydep.VALUE)"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "7"

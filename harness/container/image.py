@@ -144,7 +144,7 @@ def prepare_context(layout: Layout, packs: list[Pack], b: Base, cache_dir: Path,
     need = []
     for pin in pins:
         try:
-            wheels.from_folder([pin], house)
+            wheels.from_folder([pin], house, b.python, "linux-x86_64")
         except wheels.WheelError:
             need.append(pin)
     if need:
@@ -154,7 +154,7 @@ def prepare_context(layout: Layout, packs: list[Pack], b: Base, cache_dir: Path,
         wheels.download(need, house, b.python, "linux-x86_64", progress)
     (context / "wheels").mkdir()
     for pin in pins:  # one at a time: two stacks may pin two versions of one name
-        wheel = wheels.from_folder([pin], house)[pin.name]
+        wheel = wheels.from_folder([pin], house, b.python, "linux-x86_64")[pin.name]
         if (context / "wheels" / wheel.name).exists():
             continue
         try:

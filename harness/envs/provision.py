@@ -76,7 +76,7 @@ class IndexSource:
         self.where = "the package index"
 
     def units(self, pins: list[Pin], lock: Lock, progress: Progress) -> list[store.Unit]:
-        have, need = _from_store(self.store_dir, pins)
+        have, need = _from_store(self.store_dir, pins, lock)
         if need:
             fsutil.require_space(self.store_dir, 3 * (self.download_size(need, lock) or 0), f"{len(need)} wheels")
             with tempfile.TemporaryDirectory(prefix="wheels-", dir=_tmp(self.store_dir)) as tmp:
@@ -87,7 +87,8 @@ class IndexSource:
         return have
 
     def download_size(self, pins: list[Pin], lock: Lock) -> int | None:
-        sizes = wheels.index_sizes([p for p in pins if _stored(self.store_dir, p) is None], lock.python, lock.platform)
+        missing = [p for p in pins if _stored(self.store_dir, p, lock) is None]
+        sizes = wheels.index_sizes(missing, lock.python, lock.platform)
         return sum(sizes.values()) if sizes else None
 
 
@@ -100,8 +101,9 @@ class FolderSource(IndexSource):
         self.where = f"wheelhouse {folder}"
 
     def units(self, pins: list[Pin], lock: Lock, progress: Progress) -> list[store.Unit]:
-        have, need = _from_store(self.store_dir, pins)
-        for pin, wheel in zip(need, wheels.from_folder(need, self.folder).values(), strict=True):
+        have, need = _from_store(self.store_dir, pins, lock)
+        found = wheels.from_folder(need, self.folder, lock.python, lock.platform)
+        for pin, wheel in zip(need, found.values(), strict=True):
             have.append(store.add_wheel(self.store_dir, wheel, pin.name, pin.version, wheels._sha256(wheel)))
         return have
 
@@ -114,18 +116,20 @@ def _tmp(root: Path) -> Path:
     return root / "tmp"
 
 
-def _stored(store_dir: Path, pin: Pin) -> store.Unit | None:
+def _stored(store_dir: Path, pin: Pin, lock: Lock) -> store.Unit | None:
+    """The store's unit of this pin for the lock's Python and platform. The lock pins every file of a
+    version, so the store may also hold the same version's wheel for another Python: never that one."""
     for h in pin.hashes:
         unit = store.find(store_dir, h.removeprefix("sha256:"))
-        if unit is not None:
+        if unit is not None and wheels.suits(unit.wheel, lock.python, lock.platform):
             return unit
     return None
 
 
-def _from_store(store_dir: Path, pins: list[Pin]) -> tuple[list[store.Unit], list[Pin]]:
+def _from_store(store_dir: Path, pins: list[Pin], lock: Lock) -> tuple[list[store.Unit], list[Pin]]:
     have, need = [], []
     for pin in pins:
-        unit = _stored(store_dir, pin)
+        unit = _stored(store_dir, pin, lock)
         (have.append(unit) if unit else need.append(pin))
     return have, need
 

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from packaging import tags as wheel_tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
@@ -35,7 +36,6 @@ def _sha256(path: Path) -> str:
 def index_sizes(pins: list[Pin], python: str, platform: str) -> dict[str, int]:
     """name -> bytes of the file pip would choose (the largest listed file among the lock's hashes that
     suits the platform); pins the index does not list are left out. Never raises: sizes are for messages."""
-    tags = WHEEL_TAGS.get(platform, ())
     out: dict[str, int] = {}
     for pin in pins:
         try:
@@ -43,20 +43,25 @@ def index_sizes(pins: list[Pin], python: str, platform: str) -> dict[str, int]:
         except pkgindex.PackageIndexError:
             continue
         sizes = [f.size for f in files if f.size and f.sha256 and pin.allows(f.sha256)
-                 and _suits(f.filename, python, tags)]
+                 and suits(f.filename, python, platform)]
         if sizes:
             out[pin.name] = max(sizes)
     return out
 
 
-def _suits(filename: str, python: str, tags: tuple[str, ...]) -> bool:
+def suits(filename: str, python: str, platform: str) -> bool:
+    """Whether a wheel installs on CPython `python` (X.Y) on `platform` (a lock's platform name): one of its
+    tags is among the tags that interpreter accepts. A folder or cache may hold the same version's wheels
+    for other Pythons (same pin, other hashes of the lock): they must never be picked."""
     try:
-        _, _, _, wheel_tags = parse_wheel_filename(filename)
+        _, _, _, tags = parse_wheel_filename(filename)
     except InvalidWheelFilename:
         return False
-    cp = "cp" + python.replace(".", "")
-    return any(t.platform in (*tags, "any") and (t.interpreter in (cp, "py3", "py2.py3") or t.abi == "abi3"
-               or t.interpreter.startswith("py3")) for t in wheel_tags)
+    version = tuple(int(x) for x in python.split(".")[:2])
+    platforms = list(WHEEL_TAGS.get(platform, ()))
+    accepted = {*wheel_tags.cpython_tags(version, platforms=platforms),
+                *wheel_tags.compatible_tags(version, f"cp{version[0]}{version[1]}", platforms)}
+    return any(t in accepted for t in tags)
 
 
 def download(pins: list[Pin], dest: Path, python: str, platform: str, progress: Progress) -> dict[str, Path]:
@@ -98,6 +103,8 @@ def _download(pins: list[Pin], dest: Path, python: str, platform: str) -> dict[s
     got: dict[str, Path] = {}
     by_name = {p.name: p for p in pins}
     for wheel in dest.glob("*.whl"):
+        if not suits(wheel.name, python, platform):
+            continue  # the same version for another Python, from an earlier download into this folder
         try:
             name, version, *_ = parse_wheel_filename(wheel.name)
         except InvalidWheelFilename:
@@ -116,12 +123,15 @@ def _download(pins: list[Pin], dest: Path, python: str, platform: str) -> dict[s
     return got
 
 
-def from_folder(pins: list[Pin], folder: Path) -> dict[str, Path]:
-    """The locked wheels of `pins` from a local folder of wheels (a container build's wheelhouse), each
-    checked against its pin's sha256; a missing or mismatching file is an error naming it."""
+def from_folder(pins: list[Pin], folder: Path, python: str, platform: str) -> dict[str, Path]:
+    """The locked wheels of `pins` for CPython `python` on `platform` from a local folder of wheels (a
+    container build's wheelhouse), each checked against its pin's sha256; a missing or mismatching file is
+    an error naming it."""
     got: dict[str, Path] = {}
     candidates: dict[str, list[Path]] = {}
     for wheel in sorted(folder.glob("*.whl")):
+        if not suits(wheel.name, python, platform):
+            continue
         try:
             candidates.setdefault(canonicalize_name(parse_wheel_filename(wheel.name)[0]), []).append(wheel)
         except InvalidWheelFilename:
@@ -129,6 +139,7 @@ def from_folder(pins: list[Pin], folder: Path) -> dict[str, Path]:
     for pin in pins:
         match = [w for w in candidates.get(pin.name, []) if pin.allows(_sha256(w))]
         if not match:
-            raise WheelError(f"{folder}: no wheel of {pin.name}=={pin.version} with a sha256 the lock pins")
+            raise WheelError(f"{folder}: no wheel of {pin.name}=={pin.version} for Python {python} with a sha256 "
+                             "the lock pins")
         got[pin.name] = match[0]
     return got

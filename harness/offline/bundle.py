@@ -32,7 +32,7 @@ from .. import __version__
 from ..core import fsutil, treehash
 from ..core.layout import Layout
 from ..core.manifest import Pack
-from ..envs import locks, provision, store
+from ..envs import locks, provision, store, wheels
 from ..envs.locks import Lock, Pin
 from ..sources import companions, extract
 from ..sources import upstream as sources
@@ -262,7 +262,9 @@ class BundleSource:
         carried = self.manifest["units"]
         out, missing = [], []
         for pin in pins:
-            sha = next((h.removeprefix("sha256:") for h in pin.hashes if h.removeprefix("sha256:") in carried), None)
+            sha = next((h.removeprefix("sha256:") for h in pin.hashes if h.removeprefix("sha256:") in carried
+                        and wheels.suits(carried[h.removeprefix("sha256:")]["wheel"], lock.python, lock.platform)),
+                       None)
             unit = store.find(self.folder, sha) if sha else None
             if unit is None or treehash.digest(unit.files) != carried[sha]["digest"]:
                 missing.append(f"{pin.name}=={pin.version}")

@@ -86,9 +86,10 @@ def test_a_bundle_carries_only_a_companions_import_paths(collection, upstream, c
 
 
 def test_the_issue_body_names_the_companion(collection, upstream, index):  # noqa: F811
-    from harness.report import markdown
+    from harness.report import issue
 
     folder = collection.add_pack("01", "toy", upstream.base, repro=REPRO, extra_requires=companion_line(index))
     pack = manifest.load_pack(folder, collection.layout)
-    body = markdown.issue_body(pack, None, collection.layout)
-    assert "torch + this library + widget==1.0 (unpatched) only" in body
+    body = issue.body(pack, None, collection.layout)
+    assert "git -C widget-extras fetch -q --depth 1 https://github.com/acme/widget-extras tag v1.0" in body
+    assert "PYTHONPATH=upstream/src:widget-extras python repro.py" in body and "widget==1.0, imported unpatched" in body

@@ -10,7 +10,7 @@ from harness.core import manifest
 from harness.envs import locks
 from harness.envs.provision import FolderSource
 from harness.offline import bundle
-from harness.report import markdown
+from harness.report import issue
 from harness.report import outputs as reports
 
 from .conftest import git_commit, run, sh
@@ -112,8 +112,8 @@ def test_report_table_and_issue_body(collection, upstream, opts, tmp_path, wheel
     result = go(collection, opts, folder, tmp_path, wheels)
     stages = {s.name: s for s in result.stages}
     assert reports._cell(stages, "patched") == "FIX_VALIDATED"
-    body = markdown.issue_body(manifest.load_pack(folder, collection.layout), None, collection.layout)
-    assert "pip install widgetc==1.0" in body and "pip install widgetc==2.0" in body and "git am" not in body
+    body = issue.body(manifest.load_pack(folder, collection.layout), None, collection.layout)
+    assert "pip install widgetc==1.0" in body and "pip install widgetc==2.0" in body and "git -C" not in body
 
 
 def test_a_bundle_carries_both_stacks_and_the_node_runs_both(collection, upstream, cache, tmp_path, wheels,

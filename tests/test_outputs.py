@@ -13,7 +13,7 @@ import pytest
 from harness.cli import main as cli
 from harness.core import evidence, manifest
 from harness.core.layout import Layout
-from harness.report import compare, markdown, receipts
+from harness.report import compare, issue, markdown, receipts
 from harness.run import repeat
 from harness.run.pipeline import PackResult, StageRecord
 
@@ -48,8 +48,9 @@ def test_report_holds_the_sections_a_maintainer_needs(collection, upstream, caps
     collection.add_pack("01", "toy", upstream.base)
     assert cli.main(["--report", "01"], layout=collection.layout) == cli.EXIT_OK
     body = capsys.readouterr().out
-    for part in ("### What breaks", "### Reproduce", "git am 01-toy.patch", "### Observed vs expected",
-                 "No GPU receipt yet", "### The fix", "### Scope", "Not claimed:", "https://github.com/acme/widget"):
+    for part in ("### What breaks", "### Reproduce", "git -C upstream apply ../01-toy.patch", "### Observed",
+                 "### Expected", "No receipt yet", "### The fix", "### Scope", "Not claimed:",
+                 "https://github.com/acme/widget"):
         assert part in body
 
 
@@ -57,9 +58,9 @@ def test_report_says_what_the_receipt_measured_not_what_the_protocol_hopes():
     # pack 14's receipt is INCONCLUSIVE on both stages: its report must not promise BUG_REPRODUCED
     layout = Layout()
     pack = manifest.load_pack(manifest.select(["14"], layout)[0], layout)
-    body = markdown.issue_body(pack, receipts.latest_for(pack, layout), layout)
-    assert "prints EVIDENCE {...} and INCONCLUSIVE" in body and "with the fix: INCONCLUSIVE" in body
-    assert "BUG_REPRODUCED" not in body.split("### Reproduce")[1].split("```")[1]
+    body = issue.body(pack, receipts.latest_for(pack, layout), layout)
+    steps = body.split("**Steps/Code to reproduce bug**")[1].split("```bash")[1].split("```")[0]
+    assert steps.count("python repro.py   # -> INCONCLUSIVE") == 2 and "BUG_REPRODUCED" not in steps
 
 
 def test_export_runs_without_the_project(collection, upstream, cache, tmp_path):
@@ -150,6 +151,22 @@ def test_nightly_workflow_matches_the_github_schema():
     proc = subprocess.run([exe, "--builtin-schema", "vendor.github-workflows",
                            str(ROOT / ".github" / "workflows" / "nightly.yml")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_nightly_runs_every_stack_that_packs_start_in():
+    """One nightly job per stack: a pack whose stack has no job would silently never run."""
+    import re  # noqa: PLC0415
+
+    from harness.core import manifest  # noqa: PLC0415
+    from harness.envs import locks  # noqa: PLC0415
+
+    text = (ROOT / ".github" / "workflows" / "nightly.yml").read_text()
+    jobs = set(re.search(r"^\s+stack: \[(.*)\]$", text, re.MULTILINE).group(1).replace(" ", "").split(","))
+    from harness.core.layout import Layout  # noqa: PLC0415
+
+    layout = Layout(ROOT)
+    starts = {locks.pack_stacks(manifest.load_pack(f, layout))[0] for f in manifest.discover(layout)}
+    assert jobs == starts
 
 
 def test_markdown_table_through_the_cli(collection, upstream, cache, tmp_path):

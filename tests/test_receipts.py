@@ -6,6 +6,7 @@ import pytest
 
 from harness.core import manifest
 from harness.core.layout import Layout
+from harness.core.model import StageRecord
 from harness.report import receipts
 
 from .test_reports import result
@@ -132,3 +133,22 @@ def test_runs_accumulate_over_the_same_files_under_either_digest(collection, ups
     assert len(write()["runs"]) == 3
     (folder / "repro.py").write_text((folder / "repro.py").read_text() + "\n# changed\n")
     assert len(write()["runs"]) == 1, "other files: earlier runs measured something else"
+
+
+def test_a_patch_that_breaks_upstream_tests_is_recorded_and_re_derived(collection, upstream, tmp_path):
+    """--upstream-tests turns CONFIRMED into FIX_FAILED; the receipt keeps the tests' record, and the check
+    that re-derives the verdict from the stages takes it into account (and refuses it edited away)."""
+    folder = collection.add_pack("01", "toy", upstream.base)
+    pack = manifest.load_pack(folder, collection.layout)
+    r = result("FIX_FAILED", True)
+    r.stages.append(StageRecord("patched", "FIX_VALIDATED", [], {"err": 0.0}, 0, False, 1.0, None, "y.log"))
+    r.patch = {"status": "applied"}
+    r.environment = json.loads(COMMITTED[0].read_text())["environment"]
+    r.upstream_tests = {"clean": {"ran": True}, "patched": {"ran": True}, "newly_failing": ["tests/t.py::test_a"]}
+    receipt = receipts.build(r, pack, ["runner.py"], collection.layout)
+    path = receipts.write(receipt, tmp_path / "01-toy.json", pack)
+    written = json.loads(path.read_text())
+    assert written["upstream_tests"]["newly_failing"] == ["tests/t.py::test_a"]
+    assert receipts.derived_verdict(written, pack) == "FIX_FAILED"
+    written["upstream_tests"]["newly_failing"] = []
+    assert receipts.derived_verdict(written, pack) == "CONFIRMED"

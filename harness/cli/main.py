@@ -29,7 +29,7 @@ from ..envs.provision import EnvError, FolderSource
 from ..envs.store import StoreError
 from ..envs.wheels import WheelError
 from ..offline import bundle
-from ..report import compare, export, markdown, merge, outputs, receipts
+from ..report import compare, export, issue, markdown, merge, outputs, receipts
 from ..run import execution
 from ..run.pipeline import RunOptions, provision_pack
 from ..sources import upstream
@@ -105,7 +105,7 @@ def _dispatch(mode: str, args: argparse.Namespace, argv: list[str], layout: Layo
         return _merge(args, layout, console, err)
     if mode == "report":
         pack = manifest.load_pack(manifest.select([args.report], layout)[0], layout)
-        sys.stdout.write(markdown.issue_body(pack, receipts.latest_for(pack, layout), layout))
+        sys.stdout.write(issue.body(pack, receipts.latest_for(pack, layout), layout))
         return EXIT_OK
     if mode == "export":
         pack = manifest.load_pack(manifest.select([args.export[0]], layout)[0], layout)

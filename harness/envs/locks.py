@@ -335,8 +335,17 @@ def main(argv: list[str] | None = None, layout: Layout | None = None) -> int:
     p.add_argument("--lock", nargs="*", metavar="STACK", help="regenerate these stacks' locks (all when none is named)")
     p.add_argument("--python", action="append", metavar="X.Y", help=f"with --lock: these Pythons (default: {PYTHONS})")
     p.add_argument("--upgrade", action="store_true", help="with --lock: re-resolve instead of keeping the pins")
+    p.add_argument("--packs", metavar="STACK", help="print the ids of the packs that run in this stack (a nightly "
+                   "job per stack), and stop")
     args = p.parse_args(argv)
     stacks = available(layout)
+    if args.packs:
+        from ..core import manifest  # noqa: PLC0415 - only this listing reads the packs
+
+        ids = [pack.id for pack in (manifest.load_pack(f, layout) for f in manifest.discover(layout))
+               if args.packs in pack_stacks(pack)[:1]]
+        print(" ".join(ids))
+        return 0 if ids else 2
     try:
         if args.lock is None:
             problems = [s for stack in stacks for s in stale(layout, stack)]

@@ -2,7 +2,8 @@
 Prints one JSON object. Stdlib only at import time.
 
 `probe_env.py [DIST ...]`: what PyTorch's collect_env and Liger's env_report ask for (torch is imported
-inside a try): Python, platform, package versions, torch, its CUDA runtime, the GPU.
+inside a try): Python, platform, OS, CPU, nvcc, package versions, torch, its CUDA runtime, NCCL and
+cuDNN, the GPU.
 `probe_env.py --runtime`: without importing anything: the Python version, and every installed torch /
 triton / nvidia-* / cuda-* distribution with its version, location and top-level entries (what an
 environment links when it reuses this machine's torch), and the CUDA version torch was built for."""
@@ -10,6 +11,7 @@ environment links when it reuses this machine's torch), and the CUDA version tor
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import subprocess
@@ -42,11 +44,46 @@ def _nvidia_smi() -> dict:
     return {"gpus": [{"name": r[0], "driver": r[1], "memory": r[2]} for r in rows if len(r) >= 3]}
 
 
+def _os() -> str | None:
+    try:
+        return platform.freedesktop_os_release().get("PRETTY_NAME")
+    except OSError:
+        return None
+
+
+def _cpu() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({len(os.sched_getaffinity(0))} cores usable)"
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _nvcc() -> str | None:
+    """The CUDA compiler the kernels' JIT would find (CUDA_HOME, else PATH): its release line."""
+    candidates = [Path(os.environ["CUDA_HOME"]) / "bin" / "nvcc"] if os.environ.get("CUDA_HOME") else []
+    candidates.append(Path("nvcc"))
+    for nvcc in candidates:
+        try:
+            out = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        release = [ln for ln in out.stdout.splitlines() if "release" in ln]
+        if out.returncode == 0 and release:
+            return release[-1].strip()
+    return None
+
+
 def probe(extra_dists: list[str]) -> dict:
     info: dict = {
         "python": sys.version.split()[0],
         "python_executable": sys.executable,
         "platform": platform.platform(),
+        "os": _os(),
+        "cpu": _cpu(),
+        "nvcc": _nvcc(),
         "packages": {d: _version(d) for d in (*DISTS, *extra_dists)},
     }
     try:
@@ -67,6 +104,12 @@ def probe(extra_dists: list[str]) -> dict:
         smi = _nvidia_smi()
         cuda["driver"] = (smi.get("gpus") or [{}])[0].get("driver") or smi.get("error")
     info["torch"] = {"importable": True, "version": torch.__version__, "cuda": cuda}
+    try:  # what Megatron's and PyTorch's bug forms ask for
+        info["nccl"] = ".".join(map(str, torch.cuda.nccl.version())) if cuda["available"] else None
+        info["cudnn"] = torch.backends.cudnn.version()
+    except Exception:  # noqa: BLE001 - a build without NCCL or cuDNN
+        info.setdefault("nccl", None)
+        info.setdefault("cudnn", None)
     return info
 
 

@@ -70,34 +70,70 @@ def pins(pack: Pack, layout: Layout, python: str = "3.12") -> list[str]:
     return out
 
 
+def companion_folder(c) -> str:
+    """The folder a companion's checkout goes to: its repository's name."""
+    return c.repo.split("/")[1]
+
+
 def pythonpath(pack: Pack, root: str = "upstream") -> str:
-    parts = (["skip-init"] if pack.skip_init else []) + [f"{root}/{p}".rstrip("/.") or root for p in pack.import_paths]
-    return ":".join(dict.fromkeys(p if p != f"{root}" else root for p in parts))
+    """PYTHONPATH for the export folder: skip-init/ (when a package's top-level __init__ is skipped), the
+    checkout's import paths, then each companion's."""
+    parts = ["skip-init"] if pack.skip_init or any(c.skip_init for c in pack.companions) else []
+    parts += [f"{root}/{p}".rstrip("/.") or root for p in pack.import_paths]
+    for c in pack.companions:
+        parts += [f"{companion_folder(c)}/{p}".rstrip("/.") for p in c.import_paths]
+    return ":".join(dict.fromkeys(parts))
 
 
-def steps(pack: Pack, layout: Layout, seen: dict[str, str | None]) -> list[str]:
-    """Shell lines that reproduce from a clean machine, in a folder holding repro.py (and the patch)."""
-    lines = [f"git clone https://github.com/{pack.repo} upstream && git -C upstream checkout {pack.base_commit}"]
-    if pack.sdist:
-        lines.append(f"#   (the same code is the release {pack.sdist})")
+PY_VERSION = "$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])')"
+
+
+def _install(pack: Pack, layout: Layout, locked: bool, stack: str | None, wheels: tuple[str, ...]) -> str:
+    if locked and stack:
+        return f"pip install --require-hashes --no-deps -r requirements-{stack}-py{PY_VERSION}.txt"
+    return f"pip install {' '.join(pins(pack, layout) if not wheels else wheels)}"
+
+
+def steps(pack: Pack, layout: Layout, seen: dict[str, str | None], locked: bool = False) -> list[str]:
+    """Shell lines that reproduce from a clean machine, run in the folder that holds repro.py (and the
+    patch). locked: install the stack's hash-pinned lock shipped next to it (an export) instead of the
+    readable pins (an issue body)."""
+    venv = "python3 -m venv .venv && . .venv/bin/activate"
     if pack.is_compiler:
         fix = pack.compiler
-        return lines + ["python -m venv .venv && . .venv/bin/activate",
-                        f"pip install {' '.join(pins(pack, layout))}",
-                        f"python repro.py   # -> {seen.get('clean') or 'BUG_REPRODUCED'}",
-                        f"pip install {' '.join(fix.fixed_wheels)}   "
-                        f"# {fix.fixed_release}, contains {fix.fix_commit[:12]}",
-                        f"python repro.py   # -> {seen.get('fixed-release') or 'FIX_VALIDATED'}"]
-    lines += ["python -m venv .venv && . .venv/bin/activate", f"pip install {' '.join(pins(pack, layout))}"]
-    if pack.skip_init:
-        lines.append(f"# {', '.join(pack.skip_init)}: its top-level __init__ imports a compiled extension these "
-                     "kernels never use; skip-init/sitecustomize.py registers it without running that __init__")
+        fixed_stack = fix.fixed_stack or pack.stack
+        return [venv, _install(pack, layout, locked, pack.stack, () if locked else fix.base_wheels),
+                f"python repro.py   # -> {seen.get('clean') or 'BUG_REPRODUCED'}",
+                f"{_install(pack, layout, locked, fixed_stack, () if locked else fix.fixed_wheels)}   "
+                f"# {fix.fixed_release}, contains {fix.fix_commit[:12]}",
+                f"python repro.py   # -> {seen.get('fixed-release') or 'FIX_VALIDATED'}"]
+    # one commit, as the runner fetches it: no history to download, and any server that serves that commit
+    lines = ["git init -q upstream",
+             f"git -C upstream fetch -q --depth 1 https://github.com/{pack.repo} {pack.base_commit}   "
+             f"# {pack.base_ref}" + (f"; the same code as the release {pack.sdist}" if pack.sdist else ""),
+             "git -C upstream -c advice.detachedHead=false checkout -q FETCH_HEAD"]
+    for c in pack.companions:  # the release's tag: the same files as its sdist, without building anything
+        folder = companion_folder(c)
+        lines += [f"git init -q {folder} && git -C {folder} fetch -q --depth 1 https://github.com/{c.repo} tag "
+                  f"{c.ref}   # {c.sdist}, imported unpatched",
+                  f"git -C {folder} -c advice.detachedHead=false checkout -q {c.ref}"]
+    install = _install(pack, layout, locked, pack.stack, ())
+    lines += [venv, *([install] if install.strip() != "pip install" else [])]
     run = f"PYTHONPATH={pythonpath(pack)} python repro.py"
     if pack.is_contract:
         return [*lines, f"{run}   # -> {seen.get('contract') or 'CONTRACT_HELD or CONTRACT_BROKEN'}"]
     return [*lines, f"{run}   # -> {seen.get('clean') or 'BUG_REPRODUCED'}",
-            f"git -C upstream -c user.name=repro -c user.email=repro@localhost am ../{pack.patch_path.name}",
+            f"git -C upstream apply ../{pack.patch_path.name}   # the fix",
             f"{run}   # -> {seen.get('patched') or 'FIX_VALIDATED'}"]
+
+
+def skip_init_note(pack: Pack) -> list[str]:
+    names = [*pack.skip_init, *(n for c in pack.companions for n in c.skip_init)]
+    if not names:
+        return []
+    return [f"`{', '.join(names)}`: its top-level `__init__` imports a compiled extension these kernels never "
+            "use; `skip-init/sitecustomize.py` (attached) registers the package without running that `__init__`, "
+            "so nothing needs building."]
 
 
 def errors_of(receipt: dict[str, Any] | None) -> list[tuple[str, str]]:
@@ -110,9 +146,18 @@ def errors_of(receipt: dict[str, Any] | None) -> list[tuple[str, str]]:
     return found
 
 
+def what_breaks(pack: Pack) -> list[str]:
+    """The bug, or for a contract pack the contract and how it breaks silently."""
+    if pack.is_contract:
+        return [f"**The contract.** {pack.claim['contract']}", "",
+                f"**How it breaks silently.** {pack.claim['breaks']}"]
+    return [pack.claim["bug"]]
+
+
 def observed(pack: Pack, receipt: dict[str, Any] | None) -> list[str]:
     if receipt is None:
-        return [f"No receipt yet: run `python runner.py --pack {pack.id} --receipt`."]
+        where = "a CPU is enough for this pack" if not pack.gpu else "on a GPU"
+        return [f"No receipt yet: run `python runner.py --pack {pack.id} --receipt` ({where})."]
     labels = {"clean": "current code", "patched": "with the patch", "contract": "at this ref",
               "fixed-release": f"with {pack.compiler.fixed_release}" if pack.compiler else "fixed release"}
     gpu = (receipt["environment"].get("torch") or {}).get("cuda", {}).get("device_name") or "a CPU"
@@ -183,6 +228,16 @@ def shell(lines: list[str]) -> list[str]:
     return ["```bash", *lines, "```"]
 
 
+def reproduce(pack: Pack, layout: Layout, seen: dict[str, str | None]) -> list[str]:
+    attached = ["`repro.py"] + [f"`{p.name}" for p in pack.module_paths]
+    if pack.has_patch:
+        attached.append(f"`{pack.patch_path.name}")
+    note = skip_init_note(pack)
+    return [f"In a folder holding {', '.join(a + '`' for a in attached)} (attached"
+            + (", with `skip-init/sitecustomize.py`" if note else "") + "):", "", *shell(steps(pack, layout, seen)),
+            *(["", *note] if note else [])]
+
+
 # ---------------------------------------------------------------- templates
 
 
@@ -195,8 +250,8 @@ def _liger(pack, receipt, layout, seen) -> list[str]:
               f"PyTorch version: {v['torch']}", f"CUDA version: {v['cuda']}", "HIP(ROCm) version: Not available",
               f"Triton version: {v.get('pkg:triton', 'Not installed')}",
               f"Transformers version: {v.get('pkg:transformers', 'Not installed')}", "XPU version: XPU Not Available"]
-    return [*fixed_banner(pack, layout), "### 🐛 Describe the bug", "", pack.claim.get("bug") or pack.claim["breaks"],
-            "", *observed(pack, receipt), "", "### Reproduce", "", *shell(steps(pack, layout, seen)), "",
+    return [*fixed_banner(pack, layout), "### 🐛 Describe the bug", "", *what_breaks(pack),
+            "", *observed(pack, receipt), "", "### Reproduce", "", *reproduce(pack, layout, seen), "",
             *inline_code(pack), "", *_errors(receipt), "### Versions", "", "```", *report, "```", "",
             f"Hardware: {v['gpu']}" + (f" (sm {v['capability']})" if v["capability"] else "") +
             f", driver {v['driver']}.", "", *_fix_and_scope(pack)]
@@ -204,9 +259,8 @@ def _liger(pack, receipt, layout, seen) -> list[str]:
 
 def _megatron(pack, receipt, layout, seen) -> list[str]:
     v = versions(receipt)
-    bug = pack.claim.get("bug") or pack.claim["breaks"]
-    return [*fixed_banner(pack, layout), "**Describe the bug**", "", bug, "", "Tag @NVIDIA/mcore-oncall", "",
-            *observed(pack, receipt), "", "**Steps/Code to reproduce bug**", "", *shell(steps(pack, layout, seen)), "",
+    return [*fixed_banner(pack, layout), "**Describe the bug**", "", *what_breaks(pack), "",
+            *observed(pack, receipt), "", "**Steps/Code to reproduce bug**", "", *reproduce(pack, layout, seen), "",
             *inline_code(pack), "", *_errors(receipt), "**Expected behavior**", "", expected(pack), "",
             "**Additional context**", "",
             f"- Megatron-LM commit: `{(receipt or {}).get('target', {}).get('commit') or pack.base_commit}` "
@@ -225,13 +279,14 @@ def _tilelang(pack, receipt, layout, seen) -> list[str]:
               f"- CUDA runtime version (nvcc): {v['nvcc']}; cuDNN version: {v['cudnn']}", f"- CPU: {v['cpu']}"]
     traces = [msg for _, msg in errors_of(receipt)]
     return [*fixed_banner(pack, layout), "### Required prerequisites", "",
-            "- [X] I have read the documentation <https://tilelang.com>.",
-            "- [X] I have searched the [Issue Tracker](https://github.com/tile-ai/tilelang/issues) that this hasn't "
-            "already been reported. (comment there if it has.)", "", "### What version of TileLang are you using?", "",
+            "- [ ] I have read the documentation <https://tilelang.com>.",
+            "- [ ] I have searched the [Issue Tracker](https://github.com/tile-ai/tilelang/issues) that this hasn't "
+            "already been reported. (comment there if it has.)", "",
+            "_(For the person filing: tick these yourself.)_", "", "### What version of TileLang are you using?", "",
             version, "", "### System information", "", *system, "", "### Problem description", "",
-            pack.claim.get("bug") or pack.claim["breaks"], "", *observed(pack, receipt), "",
+            *what_breaks(pack), "", *observed(pack, receipt), "",
             "### Reproducible example code", "", "The Python snippets:", "", *inline_code(pack), "",
-            *shell(steps(pack, layout, seen)), "", "### Traceback", "",
+            *reproduce(pack, layout, seen), "", "### Traceback", "",
             *(["```pytb", *traces, "```"] if traces else ["_No traceback: the reproducer measures and prints._"]), "",
             "### Expected behavior", "", expected(pack), "", "### Additional context", "", *_fix_and_scope(pack),
             *(["", "A regression test in `testing/python/issue/` (below).", "", "```python",
@@ -240,14 +295,14 @@ def _tilelang(pack, receipt, layout, seen) -> list[str]:
 
 def _plain(pack, receipt, layout, seen) -> list[str]:
     v = versions(receipt)
-    return [*fixed_banner(pack, layout), "### What breaks", "", pack.claim.get("bug") or pack.claim["breaks"], "",
-            "### Reproduce", "", *shell(steps(pack, layout, seen)), "", *inline_code(pack), "",
+    return [*fixed_banner(pack, layout), "### What breaks", "", *what_breaks(pack), "",
+            "### Reproduce", "", *reproduce(pack, layout, seen), "", *inline_code(pack), "",
             "### Observed", "", *observed(pack, receipt), "", *_errors(receipt), "### Expected", "", expected(pack), "",
             "### Environment", "", f"- GPU {v['gpu']}" + (f" (sm {v['capability']})" if v["capability"] else "") +
             f", driver {v['driver']}", f"- Python {v['python']}, PyTorch {v['torch']} (CUDA {v['cuda']}), triton "
             f"{v.get('pkg:triton', 'n/a')}, tilelang {v.get('pkg:tilelang', 'n/a')}",
             f"- {pack.repo} at {pack.base_ref} (`{pack.base_commit[:12]}`)", "",
-            "### The fix", "", *(patch_summary(pack) or [pack.claim.get("fix", "(a contract: no patch)")]), "",
+            "### The fix", "", *(patch_summary(pack) or [pack.claim.get("fix", "(A contract: no patch.)")]), "",
             "### Scope", "", pack.claim["scope"], "", f"Not claimed: {pack.claim['not_claimed']}", "", *_links(pack)]
 
 
@@ -284,15 +339,14 @@ def regression_test(pack: Pack) -> str:
     """For a compiler pack: the reproducer as a test in tilelang's testing/python/issue/ layout."""
     number = re.search(r"/(?:issues|pull)/(\d+)", pack.upstream["thread"])
     name = f"test_tilelang_issue_{number.group(1)}" if number else f"test_tilelang_{pack.slug.replace('-', '_')}"
-    return (f'"""Regression test for {pack.upstream["thread"]}.\n\n{pack.title}.\n"""\n\n'
+    repro = f"repro_{pack.slug.replace('-', '_')}.py"
+    return (f'"""Regression test for {pack.upstream["thread"]}: {pack.title}."""\n\n'
             "import subprocess\nimport sys\nfrom pathlib import Path\n\nimport tilelang.testing\n\n"
-            "REPRO = Path(__file__).with_name(\"repro_" + pack.slug.replace("-", "_") + ".py\")"
-            "  # the pack's repro.py\n\n\n"
-            f"def {name.removeprefix('test_')}_lowers():\n"
+            f"REPRO = Path(__file__).with_name({repro!r})  # the reproducer, saved next to this file\n\n\n"
+            f"def {name}():\n"
             "    out = subprocess.run([sys.executable, str(REPRO)], capture_output=True, text=True, timeout=600)\n"
             "    assert out.returncode == 0, out.stderr[-2000:]\n"
             "    assert \"FIX_VALIDATED\" in out.stdout.splitlines(), out.stdout[-2000:]\n\n\n"
-            f"def test_{name.removeprefix('test_')}():\n    {name.removeprefix('test_')}_lowers()\n\n\n"
             "if __name__ == \"__main__\":\n    tilelang.testing.main()\n")
 
 

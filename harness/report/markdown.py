@@ -1,5 +1,5 @@
-"""Markdown for people: the run's status table (--markdown), STATUS.md from the committed receipts,
-and the upstream issue/PR body of one pack (--report)."""
+"""Markdown for people: the run's status table (--markdown) and STATUS.md from the committed receipts.
+The upstream issue body of one pack (--report) is report.issue's."""
 
 from __future__ import annotations
 
@@ -100,74 +100,3 @@ def status(layout: Layout) -> str:
             lines.append(f"| {pack.name} | {pack.repo} | {_cell(where)} | **{r['verdict']}**{stale} | "
                          f"{_cell(numbers)} | {gpu} | {r['date'][:10]} | [{path.name}](evidence/{path.name}) |")
     return "\n".join(lines) + "\n"
-
-
-def _section(readme: str, heading: str) -> str:
-    """The body of the first '## heading...' section of a pack README ('' when absent)."""
-    m = re.search(rf"^##\s+{heading}[^\n]*\n(.*?)(?=^##\s|\Z)", readme, re.MULTILINE | re.DOTALL | re.IGNORECASE)
-    return m.group(1).strip() if m else ""
-
-
-def issue_body(pack: Pack, receipt: dict[str, Any] | None, layout: Layout) -> str:
-    """The text to paste upstream: what breaks, how to see it, observed vs expected, the fix, the scope."""
-    readme = pack.readme_path.read_text(encoding="utf-8")
-    base = f"{pack.base_ref} (`{pack.base_commit[:12]}`)" + (f", release {pack.sdist}" if pack.sdist else "")
-    also = "".join(f" + {c.sdist} (unpatched)" for c in pack.companions)
-    attached = f"`repro.py` (torch + this library{also} only) and the fix, `{pack.patch_path.name}`, are attached."
-    out = [f"## {pack.title}", "", f"**Where:** `{pack.repo}` at {base}.", ""]
-    # What each run printed in the latest receipt (a precision pack may have measured INCONCLUSIVE),
-    # else what the protocol expects at the pinned base.
-    seen = {s["name"]: s.get("sentinel") for s in (receipt or {}).get("stages", [])}
-    if pack.is_contract:  # no patch: the contract, how it breaks silently, and one check
-        out += ["### The contract", "", pack.claim["contract"], "", "### How it breaks silently", "",
-                pack.claim["breaks"], "", "### Reproduce", "", "`repro.py` is attached.", "", "```bash",
-                "python repro.py            # prints EVIDENCE {...}, then CONTRACT_HELD or CONTRACT_BROKEN"]
-    elif pack.is_compiler:  # no patch: the same reproducer on the base release and on the fixed release
-        fix = pack.compiler
-        clean, fixed = seen.get("clean") or "BUG_REPRODUCED", seen.get("fixed-release") or "FIX_VALIDATED"
-        out += ["### What breaks", "", pack.claim["bug"], "", "### Reproduce", "",
-                f"`repro.py` (torch + {fix.package} only) is attached.", "", "```bash",
-                f"pip install {' '.join(fix.base_wheels)}",
-                f"python repro.py            # prints EVIDENCE {{...}} and {clean}",
-                f"pip install {' '.join(fix.fixed_wheels)}   # {fix.fixed_release}, contains {fix.fix_commit[:12]}",
-                f"python repro.py            # {fixed}"]
-    else:
-        clean, patched = seen.get("clean") or "BUG_REPRODUCED", seen.get("patched") or "FIX_VALIDATED"
-        out += ["### What breaks", "", pack.claim["bug"], "", "### Reproduce", "", attached, "", "```bash",
-                f"python repro.py            # on the current code: prints EVIDENCE {{...}} and {clean}",
-                f"git am {pack.patch_path.name}", f"python repro.py            # with the fix: {patched}"]
-    out += ["```", ""]
-    how = _section(readme, "Reproduce")
-    if how:
-        out += ["Setup notes from the pack:", "", how, ""]
-    out += ["### Observed vs expected", ""]
-    if receipt is None:
-        run = f"`python runner.py --pack {pack.id} --receipt`"
-        if pack.is_contract and not pack.gpu:
-            out += [f"No receipt yet: run {run} (a CPU is enough for this pack).", ""]
-        else:
-            out += [f"No GPU receipt yet: run {run} on a GPU.", ""]
-    else:
-        labels = {"clean": "current code", "patched": "with the patch", "contract": "at this ref",
-                  "fixed-release": f"with {pack.compiler.fixed_release}" if pack.compiler else "fixed release"}
-        for stage in receipt["stages"]:
-            label = labels.get(stage["name"], stage["name"])
-            numbers = headline(stage["evidence"], pack.headline, limit=8)
-            out.append(f"- **{label}** ({stage['name']} stage): `{stage['sentinel']}` — {numbers}")
-        env = receipt["environment"]
-        cuda = env.get("torch", {}).get("cuda", {})
-        pk = env.get("packages", {})
-        gpu = (f"- GPU: {cuda.get('device_name')} (sm {cuda.get('capability')}), driver {cuda.get('driver')}, "
-               f"CUDA runtime {cuda.get('runtime')}") if cuda.get("device_name") else "- GPU: none (a CPU run)"
-        out += ["", "### Environment", "", gpu,
-                f"- torch {env.get('torch', {}).get('version')}, triton {pk.get('triton')}, "
-                f"tilelang {pk.get('tilelang')}, Python {env.get('python')}",
-                f"- {receipt['target']['repo']} at {receipt['target']['ref']} "
-                f"(`{receipt['target'].get('commit') or receipt['target'].get('sdist')}`); receipt of "
-                f"{receipt['date'][:10]}: verdict {receipt['verdict']}", ""]
-    if pack.has_patch or pack.is_compiler:
-        out += ["### The fix", "", pack.claim["fix"], ""]
-    out += ["### Scope", "", pack.claim["scope"], "", f"Not claimed: {pack.claim['not_claimed']}", "",
-            "### Links", "", f"- {pack.upstream['thread']}"] + [f"- {u}" for u in pack.upstream.get("related", [])]
-    out += ["", f"_Upstream status as we know it: {pack.upstream['status']}_"]
-    return "\n".join(out) + "\n"

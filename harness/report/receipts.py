@@ -135,6 +135,7 @@ def build(result: PackResult, pack: Pack, command: list[str], layout: Layout) ->
         "as_expected": result.as_expected,
         "patch": result.patch or {"status": "no_patch"},
         **({"companions": result.companions} if result.companions else {}),
+        **({"upstream_tests": result.upstream_tests} if result.upstream_tests else {}),
         "stages": [{k: v for k, v in vars(s).items() if k != "log"} for s in result.stages],
         "durations": result.durations,
         "repeat": result.repeat,
@@ -221,7 +222,10 @@ def derived_verdict(receipt: dict[str, Any], pack: Pack) -> str | None:
     if not outcomes or receipt.get("repeat", {}) and receipt["verdict"] == Verdict.FLAKY:
         return None
     status = (receipt.get("patch") or {}).get("status", PatchStatus.NO_PATCH)
-    return str(plan.classify(outcomes, status, pack)[0])
+    verdict = plan.classify(outcomes, status, pack)[0]
+    if verdict == Verdict.CONFIRMED and (receipt.get("upstream_tests") or {}).get("newly_failing"):
+        return str(Verdict.FIX_FAILED)  # the patch broke upstream tests that pass on the clean tree
+    return str(verdict)
 
 
 def validate(receipt: dict[str, Any], where: Path) -> None:

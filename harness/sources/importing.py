@@ -30,6 +30,37 @@ os.environ["REPRO_SKIPPED_INIT"] = ",".join(n for n, _ in {packages})
 '''
 
 
+# The same registration for a folder handed to someone else (an export): the packages are looked up on
+# sys.path when Python starts, so the file works wherever the checkout is.
+PORTABLE_SITECUSTOMIZE = '''\
+"""Register {names} without running the top-level __init__ (it imports a compiled extension these
+kernels never use), so that their submodules import from the checkout on PYTHONPATH with nothing built.
+Put this folder first on PYTHONPATH."""
+import importlib.machinery, os, sys, types
+
+for _name in {packages}:  # parents before children
+    _rel = os.path.join(*_name.split("."))
+    _path = next((os.path.join(_root, _rel) for _root in sys.path if _root
+                  and os.path.isfile(os.path.join(_root, _rel, "__init__.py"))), None)
+    if _path is None:
+        continue  # not on PYTHONPATH: it imports normally (or not at all)
+    _spec = importlib.machinery.ModuleSpec(_name, None, is_package=True)
+    _spec.submodule_search_locations = [_path]
+    _module = types.ModuleType(_name)
+    _module.__path__, _module.__spec__ = [_path], _spec
+    _module.__file__ = os.path.join(_path, "__init__.py")
+    sys.modules[_name] = _module
+    _parent, _, _child = _name.rpartition(".")
+    if _parent in sys.modules:
+        setattr(sys.modules[_parent], _child, _module)
+'''
+
+
+def portable_sitecustomize(skip_init: tuple[str, ...]) -> str:
+    names = sorted(skip_init, key=lambda n: n.count("."))
+    return PORTABLE_SITECUSTOMIZE.format(names=", ".join(names), packages=json.dumps(names))
+
+
 class ImportSetupError(Exception):
     pass
 

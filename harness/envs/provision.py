@@ -83,7 +83,8 @@ class IndexSource:
                 got = wheels.download(need, Path(tmp), lock.python, lock.platform, progress)
                 for pin in need:
                     wheel = got[pin.name]
-                    have.append(store.add_wheel(self.store_dir, wheel, pin.name, pin.version, wheels._sha256(wheel)))
+                    digest = treehash.file_sha256(wheel)
+                    have.append(store.add_wheel(self.store_dir, wheel, pin.name, pin.version, digest))
         return have
 
     def download_size(self, pins: list[Pin], lock: Lock) -> int | None:
@@ -104,7 +105,7 @@ class FolderSource(IndexSource):
         have, need = _from_store(self.store_dir, pins, lock)
         found = wheels.from_folder(need, self.folder, lock.python, lock.platform)
         for pin, wheel in zip(need, found.values(), strict=True):
-            have.append(store.add_wheel(self.store_dir, wheel, pin.name, pin.version, wheels._sha256(wheel)))
+            have.append(store.add_wheel(self.store_dir, wheel, pin.name, pin.version, treehash.file_sha256(wheel)))
         return have
 
     def download_size(self, pins: list[Pin], lock: Lock) -> int | None:

@@ -4,7 +4,6 @@ and the sizes the index lists for them (for progress lines and disk checks)."""
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import tempfile
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import Version
 
 from ..core.procs import run_captured
+from ..core.treehash import file_sha256
 from ..sources import pkgindex
 from .locks import WHEEL_TAGS, Pin
 
@@ -23,14 +23,6 @@ Progress = Callable[[str], None]
 
 class WheelError(Exception):
     """Locked wheels could not be had or did not match the lock; the message names the file."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def index_sizes(pins: list[Pin], python: str, platform: str) -> dict[str, int]:
@@ -112,7 +104,7 @@ def _download(pins: list[Pin], dest: Path, python: str, platform: str) -> dict[s
         pin = by_name.get(canonicalize_name(name))
         if pin is None or version != Version(pin.version):
             continue
-        digest = _sha256(wheel)
+        digest = file_sha256(wheel)
         if not pin.allows(digest):
             raise WheelError(f"{wheel.name}: sha256 {digest} is not one the lock pins for {pin.name}=={pin.version} "
                              "(nothing was installed)")
@@ -137,7 +129,7 @@ def from_folder(pins: list[Pin], folder: Path, python: str, platform: str) -> di
         except InvalidWheelFilename:
             continue
     for pin in pins:
-        match = [w for w in candidates.get(pin.name, []) if pin.allows(_sha256(w))]
+        match = [w for w in candidates.get(pin.name, []) if pin.allows(file_sha256(w))]
         if not match:
             raise WheelError(f"{folder}: no wheel of {pin.name}=={pin.version} for Python {python} with a sha256 "
                              "the lock pins")

@@ -30,14 +30,6 @@ class BootError(Exception):
 VERIFIED: dict[str, str] = {}  # bundle folder -> sha256 of its bundle.json, checked in this process
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_manifest(bundle: Path) -> dict:
     path = bundle / MANIFEST
     if not path.is_file():
@@ -71,10 +63,11 @@ def verify(bundle: Path) -> dict:
     for archive in (a for a in data["archives"].values() if a):
         if archive not in files:
             raise BootError(f"--offline {bundle}: archive '{archive}' is not among the hashed files of {MANIFEST}")
-    digest = _sha256(bundle / MANIFEST)
+    digest = treehash.file_sha256(bundle / MANIFEST)
     if VERIFIED.get(str(root)) == digest:
         return data
-    bad = [name for name, want in files.items() if not (bundle / name).is_file() or _sha256(bundle / name) != want]
+    bad = [name for name, want in files.items()
+           if not (bundle / name).is_file() or treehash.file_sha256(bundle / name) != want]
     if bad:
         raise BootError(f"--offline {bundle}: files missing or changed since bundling: {', '.join(bad[:5])}; "
                         "copy the bundle again")

@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 
 from .. import __version__
-from ..core import fsutil
+from ..core import fsutil, treehash
 from ..core.layout import Layout
 from ..core.manifest import Pack
 from ..core.model import PackResult, PatchStatus, StageOutcome, Verdict
@@ -36,13 +36,7 @@ def _schema() -> dict[str, Any]:
 
 def sha256_file(path: Path) -> str | None:
     """sha256 of a file, read in chunks (bundles hold archives of tens of MiB); None when absent."""
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return treehash.file_sha256(path) if path.is_file() else None
 
 
 def manifest_digest(path: Path, *, with_expect: bool = False) -> str:

@@ -344,3 +344,19 @@ def test_the_same_version_built_for_another_python_is_never_picked(collection, t
     out = subprocess.run([env.python, "-c", "import toydep; print(toydep.VALUE)"], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "7"
+
+
+def test_a_two_gpu_pack_on_one_gpu_is_skipped_and_runs_with_nvlink_multicast_off(collection, upstream, opts,
+                                                                                tmp_path, monkeypatch):
+    toy_stack(collection.layout, tmp_path / "wh")
+    folder = collection.add_pack("01", "toy", upstream.base, gpu="true", extra_requires='gpus = 2\nstack = "toy"')
+    one = {"count": 1, "gpus": [{"name": "H200", "capability": "9.0", "driver": "1", "memory": "1"}]}
+    monkeypatch.setattr(pipeline.probe, "gpus", lambda: one)
+    monkeypatch.setattr(pipeline, "_MACHINE", {})
+    result = run(collection, opts, folder, env_dir=tmp_path / "envs",
+                 units=FolderSource(tmp_path / "envs" / "store", tmp_path / "wh"))
+    assert result.verdict == "SKIPPED" and "the pack needs 2 GPUs, 1 visible" in result.reason
+    pack = manifest.load_pack(folder, collection.layout)
+    env = provision.host_env(sys.executable)
+    made = pipeline.stage_variables("clean", upstream.path, pack, opts(), tmp_path / "p", tmp_path / "a", env)
+    assert {k: made[k] for k in pipeline.MULTI_GPU_DEFAULTS} == pipeline.MULTI_GPU_DEFAULTS

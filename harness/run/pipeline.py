@@ -401,7 +401,15 @@ def stage_variables(name: str, tree: Path, pack: Pack, opts: RunOptions, pack_di
     variables["PYTHONPATH"] = os.pathsep.join([*map(str, entries), *([inherited] if inherited else [])])
     variables.update(env.variables)
     variables.update({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "REPRO_ARTIFACTS": str(artifacts)})
+    if pack.gpus > 1:  # NVLink multicast off in every process the pack starts, unless the caller set it
+        for key, value in MULTI_GPU_DEFAULTS.items():
+            variables.setdefault(key, value)
     return variables
+
+
+# Multi-GPU packs run with NVLink multicast (NVLS) off: it needs fabric support that many hosts lack, and a
+# collective that picks it up there fails or hangs, which is not the bug a pack measures.
+MULTI_GPU_DEFAULTS = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 def run_stage(spec: StageSpec, tree: Path, pack: Pack, plan: Plan, opts: RunOptions, pack_dir: Path, artifacts: Path,

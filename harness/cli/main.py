@@ -98,6 +98,12 @@ def _dispatch(mode: str, args: argparse.Namespace, argv: list[str], layout: Layo
     if mode == "list":
         return listing.list_packs(layout, console)
     if mode == "status":
+        try:
+            from ..report import plots  # noqa: PLC0415 - matplotlib is an optional extra
+
+            plots.for_receipts(layout, markdown.figures_dir(layout))
+        except ImportError:
+            err.print("no figures: matplotlib is not installed (pip install -e '.[plots]')")
         fsutil.atomic_write(layout.root / "STATUS.md", markdown.status(layout))
         console.print("STATUS.md written")
         return EXIT_OK

@@ -40,24 +40,22 @@ class _Help(argparse.HelpFormatter):
         return text
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive (give 1 or more)")
-    return value
+def _positive(kind: type, what: str):
+    """An argparse type: a positive, finite number of this kind (0, negatives, nan and inf are refused)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text} is not positive and finite (give more than 0)")
+        return value
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive finite number")
-    return value
+positive_int = _positive(int, "a whole number")
+positive_float = _positive(float, "a number")
 
 
 class _Parser(argparse.ArgumentParser):

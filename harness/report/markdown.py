@@ -99,4 +99,12 @@ def status(layout: Layout) -> str:
             stale = " (stale)" if receipts.stale_files(r, pack) else ""
             lines.append(f"| {pack.name} | {pack.repo} | {_cell(where)} | **{r['verdict']}**{stale} | "
                          f"{_cell(numbers)} | {gpu} | {r['date'][:10]} | [{path.name}](evidence/{path.name}) |")
+    figures = sorted(figures_dir(layout).glob("*.png"))
+    if figures:
+        lines += ["", "## Figures", "", "Drawn by `--status` from the base receipts' EVIDENCE (with matplotlib).", ""]
+        lines += [f"![{p.stem}](evidence/figures/{p.name})" for p in figures]
     return "\n".join(lines) + "\n"
+
+
+def figures_dir(layout: Layout):
+    return layout.evidence / "figures"

@@ -95,6 +95,27 @@ def for_results(runs: list[tuple[Pack, PackResult]], folder: Path, relative_to: 
     return out
 
 
+def for_receipts(layout, folder: Path) -> list[Path]:
+    """The figures of every pack's base receipt (what STATUS.md shows), drawn into folder."""
+    from ..core.manifest import discover, load_pack  # noqa: PLC0415
+    from . import receipts  # noqa: PLC0415
+
+    _pyplot()
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for pack in (load_pack(f, layout) for f in discover(layout)):
+        receipt = receipts.latest_for(pack, layout)
+        for stage in (receipt or {}).get("stages", []):
+            for draw in DRAWERS:
+                path = folder / f"{pack.name}-{stage['name']}-{draw.__name__}.png"
+                gpu = (receipt["environment"].get("torch") or {}).get("cuda", {}).get("device_name") or "CPU"
+                title = (f"{pack.name}, {stage['name']} stage, {receipt['target']['ref']} "
+                         f"({gpu}, {receipt['date'][:10]})")
+                if stage.get("evidence") and draw(stage["evidence"], path, title):
+                    out.append(path)
+    return out
+
+
 def history(reports: list[Path], path: Path) -> Path | None:
     """Verdicts per pack across nightly --json reports (oldest first): one row per pack, one column per night."""
     nights = []

@@ -360,3 +360,17 @@ def test_a_two_gpu_pack_on_one_gpu_is_skipped_and_runs_with_nvlink_multicast_off
     env = provision.host_env(sys.executable)
     made = pipeline.stage_variables("clean", upstream.path, pack, opts(), tmp_path / "p", tmp_path / "a", env)
     assert {k: made[k] for k in pipeline.MULTI_GPU_DEFAULTS} == pipeline.MULTI_GPU_DEFAULTS
+
+
+@pytest.mark.parametrize("filename, python, fits", [
+    ("nvidia_cuda_nvrtc-13.0.88-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl", "3.12", True),
+    ("a-1-cp312-cp312-manylinux1_x86_64.whl", "3.12", True),
+    ("a-1-cp38-abi3-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl", "3.12", True),
+    ("a-1-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl", "3.12", False),
+    ("a-1-cp312-cp312-manylinux_2_34_x86_64.whl", "3.12", False),  # newer glibc than the platform's
+    ("a-1-cp312-cp312-linux_x86_64.whl", "3.12", False),
+    ("a-1-cp312-cp312-macosx_11_0_arm64.whl", "3.12", False),
+    ("a-1-py3-none-any.whl", "3.13", True),
+])
+def test_a_wheel_suits_the_python_and_platform_as_pip_decides(filename, python, fits):
+    assert wheels.suits(filename, python, PLATFORM) is fits

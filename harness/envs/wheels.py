@@ -4,6 +4,7 @@ and the sizes the index lists for them (for progress lines and disk checks)."""
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -41,6 +42,24 @@ def index_sizes(pins: list[Pin], python: str, platform: str) -> dict[str, int]:
     return out
 
 
+_MANYLINUX = re.compile(r"^manylinux_2_(\d+)_(\w+)$")
+_LEGACY = {12: "manylinux2010", 5: "manylinux1", 17: "manylinux2014"}
+
+
+def _expanded(platforms: tuple[str, ...]) -> list[str]:
+    """A manylinux_2_N platform also takes every older glibc's wheels (2_N-1 ... 2_5, and the legacy
+    manylinux2014/2010/1 names), as pip does for `pip download --platform`."""
+    out = list(platforms)
+    for tag in platforms:
+        m = _MANYLINUX.match(tag)
+        if m:
+            for minor in range(int(m.group(1)), 4, -1):
+                out.append(f"manylinux_2_{minor}_{m.group(2)}")
+                if minor in _LEGACY:
+                    out.append(f"{_LEGACY[minor]}_{m.group(2)}")
+    return list(dict.fromkeys(out))
+
+
 def suits(filename: str, python: str, platform: str) -> bool:
     """Whether a wheel installs on CPython `python` (X.Y) on `platform` (a lock's platform name): one of its
     tags is among the tags that interpreter accepts. A folder or cache may hold the same version's wheels
@@ -50,7 +69,7 @@ def suits(filename: str, python: str, platform: str) -> bool:
     except InvalidWheelFilename:
         return False
     version = tuple(int(x) for x in python.split(".")[:2])
-    platforms = list(WHEEL_TAGS.get(platform, ()))
+    platforms = _expanded(WHEEL_TAGS.get(platform, ()))
     accepted = {*wheel_tags.cpython_tags(version, platforms=platforms),
                 *wheel_tags.compatible_tags(version, f"cp{version[0]}{version[1]}", platforms)}
     return any(t in accepted for t in tags)

@@ -14,6 +14,7 @@ from harness.cli import main as cli
 from harness.container import docker as container
 from harness.core import manifest
 from harness.core.layout import Layout
+from harness.envs import locks
 
 LAYOUT = Layout()
 ROOT = LAYOUT.root.resolve()
@@ -356,6 +357,10 @@ def test_real_sdk_types_accept_the_request(tmp_path):
 def test_every_pack_gets_a_plan(folder, tmp_path):
     pack = manifest.load_pack(folder, LAYOUT)
     args, parser = _args("--pack", pack.id, "--cache-dir", str(tmp_path), "--run-dir", str(tmp_path / "r"))
+    if any(locks.load(LAYOUT, s, "3.12", "linux-x86_64").builds for s in locks.pack_stacks(pack)):
+        with pytest.raises(container.ContainerError, match=r"builds from source, which an image build does not do"):
+            container.plan([pack], args, parser, LAYOUT, env={}, uid_gid=(0, 0))
+        return
     p = container.plan([pack], args, parser, LAYOUT, env={}, uid_gid=(0, 0))
     assert pack.stack in p.stacks and p.run["command"][2:4] == ["--pack", pack.id]
     assert bool(p.run["device_requests"]) is pack.gpu

@@ -87,9 +87,15 @@ def stacks_of(packs: list[Pack]) -> list[str]:
 
 def _locks(layout: Layout, stacks: list[str], python: str) -> list[locks.Lock]:
     try:
-        return [locks.load(layout, s, python, "linux-x86_64") for s in [*stacks, "runner"]]
+        out = [locks.load(layout, s, python, "linux-x86_64") for s in [*stacks, "runner"]]
     except locks.StackError as exc:
         raise ImageError(str(exc)) from exc
+    built = [f"{lock.stack} ({', '.join(b.requirement for b in lock.builds)})" for lock in out if lock.builds]
+    if built:
+        # the image is provisioned from a wheelhouse, without a compiler: a build from source is not made there
+        raise ImageError(f"stack {', '.join(built)} builds from source, which an image build does not do (stage: "
+                         "choosing the image); run these packs without --docker, where the environment builds it")
+    return out
 
 
 def _harness_files(layout: Layout) -> list[Path]:

@@ -36,6 +36,8 @@ from packaging.version import InvalidVersion, Version
 
 from ..core.layout import Layout
 from ..sources import pkgindex
+from .builds import Build, BuildError
+from .builds import load as load_builds
 
 STACK_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 PYTHONS = ("3.11", "3.12", "3.13")  # numpy 2.5 (the receipts') has no wheels for 3.10
@@ -44,7 +46,8 @@ PYTHONS = ("3.11", "3.12", "3.13")  # numpy 2.5 (the receipts') has no wheels fo
 PLATFORMS = {"linux-x86_64": "x86_64-manylinux_2_28"}
 WHEEL_TAGS = {"linux-x86_64": ("manylinux_2_28_x86_64", *(f"manylinux_2_{n}_x86_64" for n in range(17, 28)),
                                "manylinux2014_x86_64", "manylinux1_x86_64")}
-RUNTIME_RE = re.compile(r"^(torch|triton|nvidia-.+|cuda-.+)$")
+# nvidia-cudnn-frontend is not torch's: a header and Python package that TE's extension needs installed
+RUNTIME_RE = re.compile(r"^(torch|triton|nvidia-(?!cudnn-frontend$).+|cuda-.+)$")
 _HEADER_RE = re.compile(r"requirements\.in sha256: ([0-9a-f]{64})")
 _PIN_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[A-Za-z0-9._+!-]+)"
                      r"(?P<opts>(\s+--hash=\S+)+)$")
@@ -77,6 +80,8 @@ class Lock:
     sha256: str  # of the lock file
     source_sha256: str | None  # of the requirements.in it was generated from (its header)
     pins: tuple[Pin, ...]
+    builds: tuple[Build, ...] = ()  # stacks/<stack>/builds.toml: built from source in the environment
+    builds_sha256: str | None = None
 
     def pin(self, name: str) -> Pin | None:
         key = canonicalize_name(name)
@@ -191,11 +196,27 @@ def load(layout: Layout, stack: str, python: str, platform: str) -> Lock:
                          f"--python {python}")
     data = path.read_bytes()
     pins, source = parse(data.decode("utf-8", "replace"), str(path))
-    return Lock(stack, python, platform, path, hashlib.sha256(data).hexdigest(), source, pins)
+    try:
+        built, built_sha = load_builds(stack_dir(stack, layout))
+    except BuildError as exc:
+        raise StackError(str(exc)) from exc
+    missing = [b.requirement for b in built if b.name in {p.name for p in pins}]
+    if missing:
+        raise StackError(f"stack {stack}: {', '.join(missing)} is both locked and built from source (builds.toml)")
+    return Lock(stack, python, platform, path, hashlib.sha256(data).hexdigest(), source, pins, built, built_sha)
+
+
+OVERRIDES = "overrides.txt"  # uv --override: a pin that replaces what a dependency asks for
 
 
 def source_sha256(layout: Layout, stack: str) -> str:
-    return hashlib.sha256((stack_dir(stack, layout) / "requirements.in").read_bytes()).hexdigest()
+    """The sha256 a lock's header records: of requirements.in (and of overrides.txt after it, where one
+    exists: changing either makes the locks stale)."""
+    folder = stack_dir(stack, layout)
+    data = (folder / "requirements.in").read_bytes()
+    if (folder / OVERRIDES).is_file():
+        data += b"\0" + (folder / OVERRIDES).read_bytes()
+    return hashlib.sha256(data).hexdigest()
 
 
 def stale(layout: Layout, stack: str) -> list[str]:
@@ -225,13 +246,15 @@ def uv_command() -> list[str]:
 
 
 def compile_command(stack: str, python: str, platform: str, requirements_in: Path, output: Path, digest: str,
-                    upgrade: bool = False) -> list[str]:
+                    upgrade: bool = False, overrides: Path | None = None) -> list[str]:
     index = pkgindex.index_config()
     cmd = [*uv_command(), "pip", "compile", "--quiet", "--generate-hashes", "--only-binary", ":all:",
            "--python-version", python, "--python-platform", PLATFORMS[platform], "--no-emit-index-url",
            "--custom-compile-command",
            f"python -m harness.envs.locks --lock {stack} --python {python}  # requirements.in sha256: {digest}",
            "-o", str(output), str(requirements_in)]
+    if overrides is not None:
+        cmd += ["--override", str(overrides)]
     if index.index_urls:
         cmd += ["--index-url", index.index_urls[0]]
         cmd += [a for u in index.index_urls[1:] for a in ("--extra-index-url", u)]
@@ -258,7 +281,8 @@ def generate(layout: Layout, stack: str, python: str, platform: str = "linux-x86
     with tempfile.TemporaryDirectory(prefix="repro-lock-") as tmp:
         # uv writes paths relative to the working folder into its annotations: run it in the stack's folder
         cmd = compile_command(stack, python, platform, Path("requirements.in"), output.resolve(),
-                              source_sha256(layout, stack), upgrade)
+                              source_sha256(layout, stack), upgrade,
+                              Path(OVERRIDES) if (folder / OVERRIDES).is_file() else None)
         proc = subprocess.run(cmd, cwd=folder, env={**env, "UV_CACHE_DIR": env.get("UV_CACHE_DIR", str(Path(tmp)))},
                               capture_output=True, text=True)
     if proc.returncode != 0:

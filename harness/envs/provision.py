@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from packaging.version import InvalidVersion, Version
 
 from ..core import fsutil, treehash
-from . import probe, store, wheels
+from . import builds, probe, store, wheels
 from .locks import Lock, Pin
 
 Progress = Callable[[str], None]
@@ -67,6 +67,10 @@ class UnitSource(Protocol):
 
     def download_size(self, pins: list[Pin], lock: Lock) -> int | None: ...
 
+    def sdist(self, build: builds.Build, store_dir: Path, progress: Progress) -> Path: ...
+
+    def carried_builds(self, store_dir: Path) -> None: ...
+
 
 class IndexSource:
     """Units from the package index pip is configured with (downloaded once into the store)."""
@@ -92,6 +96,12 @@ class IndexSource:
         sizes = wheels.index_sizes(missing, lock.python, lock.platform)
         return sum(sizes.values()) if sizes else None
 
+    def sdist(self, build: builds.Build, store_dir: Path, progress: Progress) -> Path:
+        return builds.download_sdist(store_dir, build, progress)
+
+    def carried_builds(self, store_dir: Path) -> None:
+        return None
+
 
 class FolderSource(IndexSource):
     """Units from a local folder of wheels (a container build's wheelhouse, made from the same lock)."""
@@ -110,6 +120,16 @@ class FolderSource(IndexSource):
 
     def download_size(self, pins: list[Pin], lock: Lock) -> int | None:
         return 0
+
+    def sdist(self, build: builds.Build, store_dir: Path, progress: Progress) -> Path:
+        found = builds.stored_sdist(store_dir, build) or builds.find_in_folder(self.folder, build)
+        if found is None:
+            raise builds.BuildError(f"{self.where} has no sdist of {build.requirement} with sha256 "
+                                    f"{build.sdist_sha256[:12]}...")
+        return builds.keep_sdist(store_dir, found, build)
+
+    def carried_builds(self, store_dir: Path) -> None:
+        builds.import_built(store_dir, self.folder)
 
 
 def _tmp(root: Path) -> Path:
@@ -178,7 +198,10 @@ def _runtime_tag(reuse: bool, host: dict) -> str:
 
 
 def env_name(lock: Lock, base_python: str, tag: str) -> str:
-    key = hashlib.sha256("\n".join([lock.sha256, lock.platform, os.path.realpath(base_python), tag]).encode())
+    parts = [lock.sha256, lock.platform, os.path.realpath(base_python), tag]
+    if lock.builds_sha256:
+        parts.append(lock.builds_sha256)
+    key = hashlib.sha256("\n".join(parts).encode())
     return f"{lock.stack}-py{lock.python}-{key.hexdigest()[:16]}"
 
 
@@ -272,6 +295,7 @@ def _build(lock: Lock, base_python: str, env_root: Path, final: Path, source: Un
         units = source.units(pins, lock, say)
         _link_units(units, site)
         linked = _link_runtime(host, site) if reuse else []
+        built = _add_builds(lock, staging, site, env_root / "store", source, say)
         files, stats = treehash.manifest(staging, skip=frozenset({ENV_FILE, "stat.json"}))
         record = {
             "stack": lock.stack, "python": lock.python, "platform": lock.platform, "lock": lock.path.name,
@@ -279,6 +303,7 @@ def _build(lock: Lock, base_python: str, env_root: Path, final: Path, source: Un
             "provisioned_from": source.where, "base_python": base_python,
             "runtime": _runtime_record(lock, host, reuse, why, linked),
             "pins": len(lock.pins), "installed": [f"{u.name}=={u.version}" for u in units],
+            **({"built": built} if built else {}),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         fsutil.write_json(staging / ENV_FILE, {**record, "files": files})
@@ -288,7 +313,7 @@ def _build(lock: Lock, base_python: str, env_root: Path, final: Path, source: Un
         return record
     except subprocess.CalledProcessError as exc:
         raise EnvError(f"stack {lock.stack}: {base_python} -m venv failed: {exc.stderr.strip()[-300:]}") from exc
-    except (wheels.WheelError, store.StoreError) as exc:
+    except (wheels.WheelError, store.StoreError, builds.BuildError) as exc:
         raise EnvError(f"stack {lock.stack}: {exc}") from exc
     except OSError as exc:
         if fsutil.is_no_space(exc) or isinstance(exc, fsutil.NoSpace):
@@ -300,15 +325,49 @@ def _build(lock: Lock, base_python: str, env_root: Path, final: Path, source: Un
             fsutil.remove_tree(staging)
 
 
+def _add_builds(lock: Lock, staging: Path, site: Path, store_dir: Path, source: UnitSource,
+                say: Progress) -> list[dict]:
+    """Build (or reuse the earlier build of) each of the stack's builds.toml entries with the environment's
+    interpreter, and link its unit in; what was done, for the record."""
+    if not lock.builds:
+        return []
+    source.carried_builds(store_dir)
+    torch = lock.pin("torch")
+    out = []
+    for build in lock.builds:
+        key = build.key(lock.python, lock.platform, torch.version if torch else None, lock.cuda)
+        found = builds.built_unit(store_dir, key)
+        if found is not None:
+            unit, record, state = *found, "reused"
+            say(f"{build.requirement}: reusing its build {record.get('wheel')} (built in "
+                f"{record.get('build_seconds')}s on {record.get('built_on', 'another run')})")
+        else:
+            sdist = source.sdist(build, store_dir, say)
+            facts = {"python": lock.python, "platform": lock.platform, "torch": torch.version if torch else None,
+                     "cuda": lock.cuda, "built_on": os.uname().nodename,
+                     "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            unit, record = builds.build_wheel(build, sdist, str(staging / "bin" / "python"), store_dir, key, facts,
+                                              say)
+            state = "built"
+        _link_units([unit], site)
+        out.append({"name": build.name, "version": build.version, "state": state, "key": key,
+                    "sdist_sha256": build.sdist_sha256, "wheel": record.get("wheel"),
+                    "wheel_sha256": record.get("wheel_sha256"), "build_seconds": record.get("build_seconds")})
+    return out
+
+
 def _link_units(units: list[store.Unit], site: Path) -> None:
     """Hard-link every unit's files into site (a copy where the file systems differ); two units that install
-    the same file are an error."""
-    owner: dict[str, str] = {}
+    the same path with different contents are an error (the same bytes twice are linked once: TE's
+    meta-package ships the core wheel's Python files again)."""
+    owner: dict[str, tuple[str, list]] = {}
     for unit in units:  # every source hands out units it has just checked against their manifests
         for rel, entry in unit.files.items():
             if rel in owner:
-                raise store.StoreError(f"{unit.name} and {owner[rel]} both install {rel}")
-            owner[rel] = unit.name
+                if owner[rel][1] == entry and entry[0] != "link":
+                    continue
+                raise store.StoreError(f"{unit.name} and {owner[rel][0]} both install {rel}, differently")
+            owner[rel] = (unit.name, entry)
             src, dest = unit.tree / rel, site / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             if entry[0] == "link":

@@ -32,7 +32,7 @@ from .. import __version__
 from ..core import fsutil, treehash
 from ..core.layout import Layout
 from ..core.manifest import Pack
-from ..envs import locks, provision, store, wheels
+from ..envs import builds, locks, provision, store, wheels
 from ..envs.locks import Lock, Pin
 from ..sources import companions, extract
 from ..sources import upstream as sources
@@ -178,7 +178,33 @@ def _carry_units(locks_: list[Lock], dest_dir: Path, env_dir: Path, prune: tuple
         stacks[lock.stack] = {"lock": lock.path.name, "lock_sha256": lock.sha256, "python": lock.python,
                               "platform": lock.platform, "carried": sorted(p.name for p in pins),
                               "left_out": sorted(runtime_names)}
+        if lock.builds:
+            stacks[lock.stack]["builds"] = _carry_builds(lock, dest_dir, env_dir / "store", progress)
     return units, stacks
+
+
+def _carry_builds(lock: Lock, dest_dir: Path, store_dir: Path, progress: Progress) -> list[dict]:
+    """The sdists of the lock's builds (dest_dir/sdists/), and the wheels built from them before for the
+    lock's key where this machine's store has them (dest_dir/built/): the node then need not build."""
+    out = []
+    torch = lock.pin("torch")
+    for build in lock.builds:
+        sdist = builds.download_sdist(store_dir, build, progress)
+        (dest_dir / "sdists").mkdir(exist_ok=True)
+        shutil.copyfile(sdist, dest_dir / "sdists" / sdist.name)
+        key = build.key(lock.python, lock.platform, torch.version if torch else None, lock.cuda)
+        entry = {"name": build.name, "version": build.version, "sdist": f"sdists/{sdist.name}", "key": key}
+        found = builds.built_unit(store_dir, key)
+        wheel = store_dir / "built" / found[1]["wheel"] if found else None
+        if found and wheel.is_file() and treehash.file_sha256(wheel) == found[1]["wheel_sha256"]:
+            (dest_dir / "built").mkdir(exist_ok=True)
+            shutil.copyfile(wheel, dest_dir / "built" / wheel.name)
+            fsutil.write_json(dest_dir / "built" / f"{key}.json", found[1])
+            entry["built"] = {"wheel": wheel.name, "wheel_sha256": found[1]["wheel_sha256"]}
+        progress(f"{build.requirement}: carrying its sdist" + (" and its earlier build" if "built" in entry else
+                                                              " (the node builds it)"))
+        out.append(entry)
+    return out
 
 
 def _copy_unit(unit: store.Unit, dest_dir: Path, prune: tuple[str, ...]) -> dict:
@@ -282,6 +308,22 @@ class BundleSource:
 
     def download_size(self, pins: list[Pin], lock: Lock) -> int | None:
         return 0
+
+    def sdist(self, build: builds.Build, store_dir: Path, progress: Progress) -> Path:
+        found = builds.find_in_folder(self.folder / "sdists", build) if (self.folder / "sdists").is_dir() else None
+        if found is None:
+            raise builds.BuildError(f"bundle {self.bundle} does not carry the sdist of {build.requirement}; make "
+                                    "it again with this collection")
+        return builds.keep_sdist(store_dir, found, build)
+
+    def carried_builds(self, store_dir: Path) -> None:
+        """Earlier builds the bundle carries, each checked against the record in bundle.json."""
+        for stack in self.manifest.get("stacks", {}).values():
+            for entry in stack.get("builds", []):
+                carried = entry.get("built")
+                record = fsutil.read_json(self.folder / "built" / f"{entry['key']}.json")
+                if carried and record.get("wheel_sha256") == carried["wheel_sha256"]:
+                    builds.import_one(store_dir, self.folder / "built", record)
 
 
 @dataclass

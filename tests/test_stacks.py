@@ -98,3 +98,21 @@ def test_a_compiler_packs_fixed_stack_is_left_out_of_the_digest_too(collection, 
     before = receipts.manifest_digest(path)
     path.write_text(path.read_text() + 'fixed_stack = "w-2"\n')
     assert receipts.manifest_digest(path) == before
+
+
+def test_the_te_stack_pins_the_core_and_builds_the_extension_of_the_same_version():
+    """megatron-te: TE's core wheel and meta-package at 2.20.2, the extension (sdist only) in builds.toml at
+    the same version (TE refuses to load mismatched parts), its runtime requirements locked, and neither
+    nvidia-cutlass-dsl (overridden away) nor a runtime pin for nvidia-cudnn-frontend (it is installed)."""
+    for python in locks.PYTHONS:
+        lock = locks.load(LAYOUT, "megatron-te", python, "linux-x86_64")
+        assert lock.pin("transformer-engine-cu13").version == lock.pin("transformer-engine").version == "2.20.2"
+        (build,) = lock.builds
+        assert (build.name, build.version) == ("transformer-engine-torch", "2.20.2")
+        for name in ("einops", "onnx", "onnxscript", "pydantic", "nvdlfw-inspect", "nvidia-cudnn-frontend", "pip",
+                     "setuptools", "wheel"):
+            assert lock.pin(name) is not None, (python, name)
+        assert lock.pin("nvidia-cutlass-dsl") is None
+        assert lock.pin("nvidia-cudnn-frontend") not in lock.runtime
+        assert lock.pin("apache-tvm-ffi").version == locks.load(LAYOUT, "megatron", python, "linux-x86_64").pin(
+            "apache-tvm-ffi").version

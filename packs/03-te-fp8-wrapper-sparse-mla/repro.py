@@ -22,6 +22,7 @@ import json
 import re
 import sys
 import warnings
+from importlib import metadata
 
 import torch
 
@@ -88,7 +89,28 @@ def fp8_factory():
         return plain(self, dtype=dtype)
 
     Float8Tensor.dequantize = counted
-    return f"TransformerEngine {te.__version__} Float8Tensor", quantize, lambda: calls["n"]
+    return f"TransformerEngine {metadata.version('transformer-engine')} Float8Tensor", quantize, lambda: calls["n"]
+
+
+OPS = {  # what Megatron's entry points do to q/kv before a kernel sees them, and their neighbours
+    "contiguous": lambda t: t.contiguous(), "view": lambda t: t.view(t.shape),
+    "reshape": lambda t: t.reshape(t.shape), "permute": lambda t: t.permute(1, 0, 2, 3),
+    "transpose": lambda t: t.transpose(0, 1), "squeeze_unsqueeze": lambda t: t.squeeze(0).unsqueeze(0),
+    "detach": lambda t: t.detach(), "clone": lambda t: t.clone(),
+}
+
+
+def unwrap_table(quantize, wrapper_type: type) -> dict:
+    """For each op on a small wrapped tensor: "wrapper" (the result is still the FP8 wrapper: its bytes
+    kept) or "plain" (a dequantized tensor), or the error."""
+    x = quantize(torch.randn(1, 4, 2, 64, device="cuda").bfloat16())
+    out = {}
+    for name, op in OPS.items():
+        try:
+            out[name] = "wrapper" if isinstance(op(x), wrapper_type) else "plain"
+        except Exception as exc:  # noqa: BLE001 - recorded, not a verdict input
+            out[name] = f"error: {type(exc).__name__}"
+    return out
 
 
 def sparse_indices(gen: torch.Generator) -> torch.Tensor:
@@ -137,8 +159,10 @@ def main() -> int:
     q8_sb, kv8_sb = quantize(q.transpose(0, 1).contiguous()), quantize(kv.transpose(0, 1).contiguous())
     ref_in = {name: t.dequantize() for name, t in (("q", q8), ("kv", kv8), ("q_sb", q8_sb), ("kv_sb", kv8_sb))}
     evidence = {"pack": "03-te-fp8-wrapper-sparse-mla", "fp8_tensor": which,
-                "wrapper": {"type": type(q8).__name__, "dtype": str(q8.dtype), "data_ptr": q8.data_ptr(),
-                            "storage": str(q8._data.dtype)},
+                "wrapper": {"type": f"{type(q8).__module__}.{type(q8).__name__}", "dtype": str(q8.dtype),
+                            "data_ptr": q8.data_ptr(), "storage": str(q8._data.dtype),
+                            "storage_bytes": q8._data.numel() * q8._data.element_size(),
+                            "ops": unwrap_table(quantize, type(q8))},
                 "shape": {"batch": BATCH, "seq": SEQ, "heads": HEADS, "topk": TOPK, "d": D, "d_v": D_V},
                 "thresholds": {"rel_tol": REL_TOL}, "device": torch.cuda.get_device_name(),
                 "versions": {"torch": torch.__version__, "tilelang": tilelang.__version__}}

@@ -161,3 +161,32 @@ def test_prune_paths_leave_the_bundle(collection, upstream, cache, tmp_path, ind
                     layout=collection.layout) == cli.EXIT_OK
     unit = next(iter(json.loads((out / "bundle.json").read_text())["units"].values()))
     assert unit["pruned"] == ["toydep/big"]
+
+
+def _unpack_at_once(args):
+    target, log = args
+
+    def fill(t: Path) -> None:
+        t.mkdir(parents=True)
+        with open(log, "a") as fh:
+            fh.write("filled\n")
+        import time  # noqa: PLC0415 - slow enough for the others to arrive while it fills
+
+        time.sleep(0.5)
+        (t / "payload").write_text("complete\n")
+
+    done = boot.once(Path(target), fill, lambda t: (t / "payload").read_text() == "complete\n")
+    return (done / "payload").read_text()
+
+
+def test_runs_that_open_one_bundle_at_once_unpack_it_once(tmp_path):
+    """Three runs started together on one bundle: one unpacks (into a staging folder, renamed into place),
+    the others wait and reuse it; nobody reads a half-unpacked folder or removes the one being filled."""
+    import multiprocessing  # noqa: PLC0415
+
+    target, log = tmp_path / "unpack" / "units", tmp_path / "fills.log"
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        got = pool.map(_unpack_at_once, [(str(target), str(log))] * 3)
+    assert got == ["complete\n"] * 3
+    assert log.read_text() == "filled\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["units", "units.done", "units.lock"]

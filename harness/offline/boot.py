@@ -83,14 +83,23 @@ def unpack_dir(bundle: Path) -> Path:
 
 def once(target: Path, fill, intact) -> Path:
     """target, made by fill(target) unless a finished earlier one (a `.done` beside it) passes intact(target);
-    anything else there is removed first."""
+    anything else there is removed first. Runs that start at once on the same bundle take turns (a file
+    lock beside it): the first unpacks, into a staging folder renamed into place, the others then reuse."""
     done = target.with_name(target.name + ".done")
-    if done.is_file() and target.is_dir() and intact(target):
-        return target
-    done.unlink(missing_ok=True)
-    fsutil.remove_tree(target)
-    fill(target)
-    done.write_text("ok\n")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with fsutil.locked(target.with_name(target.name + ".lock")):
+        if done.is_file() and target.is_dir() and intact(target):
+            return target
+        done.unlink(missing_ok=True)
+        fsutil.remove_tree(target)
+        staging = target.with_name(f".{target.name}.{os.getpid()}")
+        fsutil.remove_tree(staging)
+        try:
+            fill(staging)
+            os.rename(staging, target)
+        finally:
+            fsutil.remove_tree(staging)
+        done.write_text("ok\n")
     return target
 
 

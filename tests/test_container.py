@@ -199,6 +199,7 @@ class FakeContainer:
 class FakeClient:
     def __init__(self, have_image=False, build_chunks=None, status=0):
         self.have_image, self.calls, self.container = have_image, [], FakeContainer(status)
+        self.listed: list = []
         chunks = build_chunks if build_chunks is not None else [{"stream": "Step 1/9 : FROM base\n"}]
         client = self
 
@@ -207,6 +208,13 @@ class FakeClient:
                 client.calls.append(("images.get", tag))
                 if not client.have_image:
                     raise _ImageNotFound(tag)
+
+            def list(self, name):
+                client.calls.append(("images.list", name))
+                return client.listed
+
+            def remove(self, image_id):
+                client.calls.append(("images.remove", image_id))
 
         class Api:
             def build(self, **kw):
@@ -254,11 +262,11 @@ def test_builds_then_runs_and_relays_output(tmp_path, monkeypatch, capsys):
             "--json", str(tmp_path / "o" / "n.json")]
     assert cli.main(argv) == 1  # the runner's own exit code from inside
     kinds = [c[0] for c in client.calls]
-    assert kinds == ["images.get", "api.build", "images.get", "containers.run"]
+    assert kinds == ["images.get", "api.build", "images.get", "images.list", "containers.run"]
     build = client.calls[1][1]
     p = _plan(*argv)
     assert build == {**p.build, "decode": True}
-    run = client.calls[3][1]
+    run = client.calls[4][1]
     assert run["image"] == p.tag and run["command"] == p.run["command"]
     assert run["device_requests"] == [("DeviceRequest", {"count": -1, "capabilities": [["gpu"]]})]
     assert ("Mount", {"target": str(ROOT), "source": str(ROOT), "type": "bind", "read_only": True}) in run["mounts"]
@@ -267,6 +275,18 @@ def test_builds_then_runs_and_relays_output(tmp_path, monkeypatch, capsys):
     assert out == "table: CONFIRMED ✓\n"  # a character split across chunks survives
     assert "progress\ndone\n" in err and "building it" in err
     assert (tmp_path / "o").is_dir() and (tmp_path / "c").is_dir()  # created before the run
+
+
+def test_a_build_removes_the_same_stacks_images_of_older_contexts_only():
+    client = FakeClient()
+    repo = "upstream-repro/mamba"
+    img = lambda i, *tags: SimpleNamespace(id=i, tags=list(tags))  # noqa: E731
+    client.listed = [img("new", f"{repo}:ctx-new"), img("old", f"{repo}:ctx-old"),
+                     img("kept", f"{repo}:ctx-old2", "mine/retagged:1"), img("named", f"{repo}:stable")]
+    said = []
+    assert container.prune_older(client, fake_sdk(client), f"{repo}:ctx-new", said.append) == [f"{repo}:ctx-old"]
+    assert [c for c in client.calls if c[0] == "images.remove"] == [("images.remove", "old")]
+    assert "older contexts" in said[0]
 
 
 def test_reuses_an_image_of_the_same_context(tmp_path, monkeypatch, capsys):

@@ -266,7 +266,33 @@ def ensure_image(client: Any, sdk: Any, p: Plan, say, prepare: Callable[[], None
     except sdk.errors.DockerException as exc:
         raise ContainerError(f"{p.who()}: building image {p.tag} failed ({exc}) (stage: build); the last build "
                              f"lines: {' | '.join(tail[-5:])}") from exc
+    prune_older(client, sdk, p.tag, say)
     return "built"
+
+
+def prune_older(client: Any, sdk: Any, tag: str, say) -> list[str]:
+    """Remove the images of the same stacks built from older contexts (each a few GB: every change to the
+    runner's code makes a new context tag). Only images that carry no other tag than such older ones are
+    removed; one a container still uses is left. The tags removed."""
+    repo = tag.rsplit(":", 1)[0]
+    removed: list[str] = []
+    try:
+        images = client.images.list(name=repo)
+    except sdk.errors.DockerException:
+        return removed
+    for img in images:
+        tags = list(getattr(img, "tags", []) or [])
+        if not tags or tag in tags or any(t.rsplit(":", 1)[0] != repo or not t.rsplit(":", 1)[1].startswith("ctx-")
+                                          for t in tags):
+            continue
+        try:
+            client.images.remove(img.id)
+        except sdk.errors.DockerException:
+            continue
+        removed += tags
+    if removed:
+        say(f"removed {len(removed)} image(s) of these stacks built from older contexts: {', '.join(removed)}")
+    return removed
 
 
 def run_container(client: Any, sdk: Any, p: Plan, say, out: TextIO, err: TextIO) -> int:

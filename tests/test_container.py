@@ -216,6 +216,10 @@ class FakeClient:
             def remove(self, image_id):
                 client.calls.append(("images.remove", image_id))
 
+            def prune(self, filters):
+                client.calls.append(("images.prune", filters))
+                return {"SpaceReclaimed": 9_230_000_000}
+
         class Api:
             def build(self, **kw):
                 client.calls.append(("api.build", kw))
@@ -262,11 +266,12 @@ def test_builds_then_runs_and_relays_output(tmp_path, monkeypatch, capsys):
             "--json", str(tmp_path / "o" / "n.json")]
     assert cli.main(argv) == 1  # the runner's own exit code from inside
     kinds = [c[0] for c in client.calls]
-    assert kinds == ["images.get", "api.build", "images.get", "images.list", "containers.run"]
+    assert kinds == ["images.get", "api.build", "images.get", "images.prune", "images.list", "containers.run"]
+    assert client.calls[3][1] == {"dangling": True, "label": "org.upstream-repro.stage=build"}
     build = client.calls[1][1]
     p = _plan(*argv)
     assert build == {**p.build, "decode": True}
-    run = client.calls[4][1]
+    run = client.calls[5][1]
     assert run["image"] == p.tag and run["command"] == p.run["command"]
     assert run["device_requests"] == [("DeviceRequest", {"count": -1, "capabilities": [["gpu"]]})]
     assert ("Mount", {"target": str(ROOT), "source": str(ROOT), "type": "bind", "read_only": True}) in run["mounts"]
@@ -308,6 +313,7 @@ def test_build_failure_names_pack_stage_and_next_step(tmp_path, monkeypatch, cap
     assert "pack 05 (stacks mamba): building image" in err and "(stage: build)" in err
     assert "DO NOT MATCH THE HASHES" in err and "python -m harness.envs.locks" in err
     assert "containers.run" not in [c[0] for c in client.calls]
+    assert "images.prune" in [c[0] for c in client.calls]  # a failed build's stage is removed too
 
 
 @pytest.mark.parametrize("stand_in", [None, ModuleType("docker")], ids=["not-importable", "docker-folder"])

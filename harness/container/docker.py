@@ -250,6 +250,15 @@ def ensure_image(client: Any, sdk: Any, p: Plan, say, prepare: Callable[[], None
     if prepare is not None:
         prepare()
     say(f"image {p.tag}: building it from {p.build['path']} (minutes: torch and the CUDA wheels are large)")
+    try:
+        _build(client, sdk, p, say)
+    finally:
+        prune_build_stages(client, sdk, say)
+    prune_older(client, sdk, p.tag, say)
+    return "built"
+
+
+def _build(client: Any, sdk: Any, p: Plan, say) -> None:
     tail: list[str] = []
     try:
         for chunk in client.api.build(**p.build, decode=True):
@@ -266,8 +275,22 @@ def ensure_image(client: Any, sdk: Any, p: Plan, say, prepare: Callable[[], None
     except sdk.errors.DockerException as exc:
         raise ContainerError(f"{p.who()}: building image {p.tag} failed ({exc}) (stage: build); the last build "
                              f"lines: {' | '.join(tail[-5:])}") from exc
-    prune_older(client, sdk, p.tag, say)
-    return "built"
+
+
+BUILD_STAGE_LABEL = "org.upstream-repro.stage=build"  # docker/Dockerfile's build stage
+
+
+def prune_build_stages(client: Any, sdk: Any, say) -> int:
+    """Remove the untagged build-stage images our builds leave (each several GB), after a build whether it
+    succeeded or not (a build that ran out of disk frees it again); the bytes reclaimed."""
+    try:
+        got = client.images.prune(filters={"dangling": True, "label": BUILD_STAGE_LABEL}) or {}
+    except sdk.errors.DockerException:
+        return 0
+    freed = int(got.get("SpaceReclaimed") or 0)
+    if freed:
+        say(f"removed the build stage's untagged images ({freed / 1e9:.1f} GB)")
+    return freed
 
 
 def prune_older(client: Any, sdk: Any, tag: str, say) -> list[str]:

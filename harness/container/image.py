@@ -92,7 +92,7 @@ def _locks(layout: Layout, stacks: list[str], python: str) -> list[locks.Lock]:
         raise ImageError(str(exc)) from exc
     built = [f"{lock.stack} ({', '.join(b.requirement for b in lock.builds)})" for lock in out if lock.builds]
     if built:
-        # the image is provisioned from a wheelhouse, without a compiler: a build from source is not made there
+        # the image is provisioned from a wheelhouse of locked wheels: its context carries no builds.toml or sdist
         raise ImageError(f"stack {', '.join(built)} builds from source, which an image build does not do (stage: "
                          "choosing the image); run these packs without --docker, where the environment builds it")
     return out

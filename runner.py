@@ -10,7 +10,14 @@ from harness.offline.boot import boot  # noqa: E402  (stdlib only)
 
 boot(sys.argv[1:])  # --offline DIR: the bundle's runner dependencies fill what this Python lacks
 
-from harness.cli.main import main  # noqa: E402
+try:
+    from harness.cli.main import main  # noqa: E402
+except ModuleNotFoundError as exc:
+    if (exc.name or "").split(".")[0] == "harness":
+        raise  # the collection itself is incomplete: a bug, shown as one
+    sys.exit(f"runner.py: the Python package '{exc.name}' is missing for {sys.executable}; install the runner's "
+             "dependencies first (pip install -e . in this folder, in a virtual environment where the system "
+             "Python refuses it), or run from an offline bundle (--offline DIR)")
 
 if __name__ == "__main__":
     sys.exit(main())

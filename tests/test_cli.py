@@ -47,3 +47,20 @@ def test_skip_exits_zero_unless_strict(collection, upstream, cache, tmp_path):
     base = ["--pack", "01", "--cache-dir", str(cache), "--run-dir", str(tmp_path / "r")]
     assert cli.main(base, layout=collection.layout) == cli.EXIT_OK
     assert cli.main([*base, "--strict"], layout=collection.layout) == cli.EXIT_UNEXPECTED
+
+
+def test_a_python_without_the_runners_dependencies_gets_one_sentence_not_a_traceback(tmp_path):
+    """runner.py with an interpreter that lacks rich (a system Python, nothing installed): exit 1 and what to
+    do, no traceback."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    (tmp_path / "rich").mkdir()
+    (tmp_path / "rich" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'rich'\", name='rich')\n")
+    runner = Path(__file__).resolve().parent.parent / "runner.py"
+    proc = subprocess.run([sys.executable, str(runner), "--list"], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "the Python package 'rich' is missing" in proc.stderr and "pip install -e ." in proc.stderr

@@ -78,7 +78,8 @@ def test_a_real_sdist_is_built_with_the_given_interpreter_and_its_variables(tmp_
     needs_a_wheel_builder()
     sdist = make_sdist(tmp_path / "sd")
     build = builds.Build("toybuilt", "1.0", sha256(sdist), (("TOY_FLAG", "from-builds-toml"),))
-    unit, record = builds.build_wheel(build, sdist, sys.executable, tmp_path / "store", "k1", {"torch": None}, quiet)
+    unit, record = builds.build_wheel(build, sdist, sys.executable, tmp_path / "site", tmp_path / "store", "k1",
+                                      {"torch": None}, quiet)
     assert (unit.tree / "toybuilt" / "__init__.py").read_text() == "FLAG = 'from-builds-toml'\n"
     assert record["wheel_sha256"] == unit.sha256 and record["build_seconds"] >= 0
     assert builds.built_unit(tmp_path / "store", "k1")[0].sha256 == unit.sha256
@@ -89,21 +90,18 @@ def test_a_failed_build_names_the_requirement_and_keeps_its_log(tmp_path):
     sdist = make_sdist(tmp_path / "sd", "raise SystemExit('no compiler here')\n")
     build = builds.Build("toybuilt", "1.0", sha256(sdist))
     with pytest.raises(builds.BuildError, match=r"building toybuilt==1.0 from its sdist failed .*log: .*k2\.log"):
-        builds.build_wheel(build, sdist, sys.executable, tmp_path / "store", "k2", {}, quiet)
+        builds.build_wheel(build, sdist, sys.executable, tmp_path / "site", tmp_path / "store", "k2", {}, quiet)
     assert (tmp_path / "store" / "built" / "k2.log").is_file()
 
 
 def _fake_build(calls):
-    def fake(build, sdist, python, store_dir, key, facts, progress):
-        calls.append((sdist.name, Path(python).parent.parent.name))
+    """build_wheel without the compile: a ready wheel, kept the way a real build keeps its own."""
+    def fake(build, sdist, python, site, store_dir, key, facts, progress):
+        calls.append((sdist.name, Path(python).parent.parent.name, site.name))
         wheel = make_wheel(store_dir / "tmp" / "fake", "toybuilt", "1.0", {"toybuilt/__init__.py": "FLAG = 1\n"})
-        unit = builds.store.add_wheel(store_dir, wheel, "toybuilt", "1.0", sha256(wheel))
         record = {"name": "toybuilt", "version": "1.0", "key": key, "wheel": wheel.name,
-                  "wheel_sha256": unit.sha256, "build_seconds": 1.0, **facts}
-        builds.fsutil.write_json(builds.record_path(store_dir, key), record)
-        (store_dir / "built").mkdir(exist_ok=True)
-        (store_dir / "built" / wheel.name).write_bytes(wheel.read_bytes())
-        return unit, record
+                  "wheel_sha256": sha256(wheel), "build_seconds": 1.0, **facts}
+        return builds.keep(store_dir, wheel, record), record
     return fake
 
 
@@ -119,6 +117,7 @@ def test_an_environment_builds_once_and_a_later_one_reuses_the_build(collection,
     (built,) = env.record["built"]
     assert built["state"] == "built" and built["sdist_sha256"] == sha256(sdist) and len(calls) == 1
     assert calls[0][1].startswith(".toy-py")  # with the environment's own interpreter, while it is made
+    assert calls[0][2] == "site-packages"
     out = subprocess.run([env.python, "-c", "import toybuilt, toydep; print(toybuilt.FLAG, toydep.VALUE)"],
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["1", "7"]

@@ -123,7 +123,7 @@ def download_sdist(store_dir: Path, build: Build, progress: Progress) -> Path:
     try:
         release = pkgindex.find_sdist(build.requirement)
         progress(f"downloading the sdist of {build.requirement} ({release.filename})")
-        with tempfile.TemporaryDirectory(prefix="sdist-", dir=_tmp(store_dir)) as tmp:
+        with tempfile.TemporaryDirectory(prefix="sdist-", dir=store.tmp_dir(store_dir)) as tmp:
             return keep_sdist(store_dir, pkgindex.download(release, Path(tmp), build.sdist_sha256), build)
     except pkgindex.PackageIndexError as exc:
         raise BuildError(f"the sdist of {build.requirement} could not be had from the package index: {exc}") from exc
@@ -151,25 +151,39 @@ def built_unit(store_dir: Path, key: str) -> tuple[store.Unit, dict] | None:
     return (unit, record) if unit is not None else None
 
 
-def _tmp(store_dir: Path) -> Path:
-    (store_dir / "tmp").mkdir(parents=True, exist_ok=True)
-    return store_dir / "tmp"
+def kept_wheel(store_dir: Path, key: str) -> tuple[Path, dict] | None:
+    """The wheel file a build with this key gave (what is carried to other machines), when its bytes still
+    have the sha256 its record says, and that record."""
+    record = fsutil.read_json(record_path(store_dir, key))
+    wheel = store_dir / "built" / record.get("wheel", "-")
+    if wheel.is_file() and treehash.file_sha256(wheel) == record.get("wheel_sha256"):
+        return wheel, record
+    return None
 
 
-def build_wheel(build: Build, sdist: Path, python: str, store_dir: Path, key: str, facts: dict,
+def keep(store_dir: Path, wheel: Path, record: dict) -> store.Unit:
+    """A built wheel (its sha256 already in the record and checked) into the store: its unit, a copy of the
+    wheel to carry elsewhere, and the record under its key."""
+    unit = store.add_wheel(store_dir, wheel, record["name"], record["version"], record["wheel_sha256"])
+    (store_dir / "built").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(wheel, store_dir / "built" / wheel.name)
+    fsutil.write_json(record_path(store_dir, record["key"]), record)
+    return unit
+
+
+def build_wheel(build: Build, sdist: Path, python: str, site: Path, store_dir: Path, key: str, facts: dict,
                 progress: Progress) -> tuple[store.Unit, dict]:
-    """Build the sdist with `python` (an environment's, with pip, setuptools and torch in it) and keep its
-    wheel as a unit, with the record of how it was made."""
+    """Build the sdist with `python` (an environment's, with pip, setuptools and torch in it; `site` its
+    site-packages) and keep its wheel as a unit, with the record of how it was made."""
     jobs = str(os.cpu_count() or 1)
-    site = str(Path(python).parent.parent / "lib" / f"python{facts.get('python', '')}" / "site-packages")
-    variables = {k: v.replace("{site}", site) for k, v in build.environment}  # {site}: the environment's
+    variables = {k: v.replace("{site}", str(site)) for k, v in build.environment}
     env = {**os.environ, "MAX_JOBS": os.environ.get("MAX_JOBS", jobs), **variables,
            "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "1"}
     env.pop("PYTHONPATH", None)
     progress(f"building {build.requirement} from its sdist with {python} ({env['MAX_JOBS']} jobs); this can take "
              "minutes")
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="build-", dir=_tmp(store_dir)) as tmp:
+    with tempfile.TemporaryDirectory(prefix="build-", dir=store.tmp_dir(store_dir)) as tmp:
         log = Path(tmp) / "build.log"
         cmd = [python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--wheel-dir",
                str(Path(tmp) / "out"), str(sdist)]
@@ -189,15 +203,11 @@ def build_wheel(build: Build, sdist: Path, python: str, store_dir: Path, key: st
             raise BuildError(f"building {build.requirement} from its sdist failed after {seconds}s (log: {kept}): "
                              f"{tail}")
         wheel = wheels[0]
-        sha = treehash.file_sha256(wheel)
-        unit = store.add_wheel(store_dir, wheel, build.name, build.version, sha)
         record = {"name": build.name, "version": build.version, "key": key, "sdist_sha256": build.sdist_sha256,
-                  "wheel": wheel.name, "wheel_sha256": sha, "wheel_size": wheel.stat().st_size,
-                  "environment": dict(build.environment), "build_seconds": seconds, "jobs": int(env["MAX_JOBS"]),
-                  **facts}
-        fsutil.write_json(record_path(store_dir, key), record)
-        kept_wheel = store_dir / "built" / wheel.name
-        shutil.copyfile(wheel, kept_wheel)  # what --export-built carries
+                  "wheel": wheel.name, "wheel_sha256": treehash.file_sha256(wheel),
+                  "wheel_size": wheel.stat().st_size, "environment": dict(build.environment),
+                  "build_seconds": seconds, "jobs": int(env["MAX_JOBS"]), **facts}
+        unit = keep(store_dir, wheel, record)
     progress(f"built {wheel.name} in {seconds:.0f}s ({record['wheel_size'] / 1e6:.1f} MB)")
     return unit, record
 
@@ -207,16 +217,20 @@ def build_wheel(build: Build, sdist: Path, python: str, store_dir: Path, key: st
 
 def export_built(store_dir: Path, dest: Path) -> list[str]:
     """Copy every built wheel and its record into dest; the names copied."""
-    dest.mkdir(parents=True, exist_ok=True)
     out = []
     for path in sorted((store_dir / "built").glob("*.json")):
-        record = fsutil.read_json(path)
-        wheel = store_dir / "built" / record.get("wheel", "-")
-        if wheel.is_file() and treehash.file_sha256(wheel) == record.get("wheel_sha256"):
-            shutil.copyfile(path, dest / path.name)
-            shutil.copyfile(wheel, dest / wheel.name)
-            out += [path.name, wheel.name]
+        found = kept_wheel(store_dir, path.stem)
+        if found is not None:
+            carry(found[0], found[1], dest)
+            out += [path.name, found[0].name]
     return out
+
+
+def carry(wheel: Path, record: dict, dest: Path) -> None:
+    """A built wheel and its record (`<key>.json`) into a folder that import_built reads."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(wheel, dest / wheel.name)
+    fsutil.write_json(dest / f"{record['key']}.json", record)
 
 
 def import_built(store_dir: Path, folder: Path) -> list[str]:
@@ -235,12 +249,8 @@ def import_one(store_dir: Path, folder: Path, record: dict) -> None:
     wheel = folder / record["wheel"]
     if not wheel.is_file() or treehash.file_sha256(wheel) != record["wheel_sha256"]:
         raise BuildError(f"{wheel}: missing, or its sha256 is not the one its record ({record['key']}.json) has")
-    if built_unit(store_dir, record["key"]) is not None:
-        return
-    store.add_wheel(store_dir, wheel, record["name"], record["version"], record["wheel_sha256"])
-    (store_dir / "built").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(wheel, store_dir / "built" / wheel.name)
-    fsutil.write_json(record_path(store_dir, record["key"]), record)
+    if built_unit(store_dir, record["key"]) is None:
+        keep(store_dir, wheel, record)
 
 
 def main(argv: list[str] | None = None) -> int:

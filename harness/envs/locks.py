@@ -101,6 +101,11 @@ class Lock:
             (p for p in self.pins if p.name.startswith("nvidia-cuda-runtime")), None)
         return ".".join(pin.version.split(".")[:2]) if pin else None
 
+    def build_key(self, build: Build) -> str:
+        """The key of one of its builds in an environment of this lock: its Python, platform, torch, CUDA."""
+        torch = self.pin("torch")
+        return build.key(self.python, self.platform, torch.version if torch else None, self.cuda)
+
     def describe(self) -> str:
         return f"stack {self.stack} (lock {self.path.name}, sha256 {self.sha256[:12]}, {len(self.pins)} pins)"
 
@@ -200,9 +205,9 @@ def load(layout: Layout, stack: str, python: str, platform: str) -> Lock:
         built, built_sha = load_builds(stack_dir(stack, layout))
     except BuildError as exc:
         raise StackError(str(exc)) from exc
-    missing = [b.requirement for b in built if b.name in {p.name for p in pins}]
-    if missing:
-        raise StackError(f"stack {stack}: {', '.join(missing)} is both locked and built from source (builds.toml)")
+    both = [b.requirement for b in built if b.name in {p.name for p in pins}]
+    if both:
+        raise StackError(f"stack {stack}: {', '.join(both)} is both locked and built from source (builds.toml)")
     return Lock(stack, python, platform, path, hashlib.sha256(data).hexdigest(), source, pins, built, built_sha)
 
 

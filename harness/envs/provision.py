@@ -83,7 +83,7 @@ class IndexSource:
         have, need = _from_store(self.store_dir, pins, lock)
         if need:
             fsutil.require_space(self.store_dir, 3 * (self.download_size(need, lock) or 0), f"{len(need)} wheels")
-            with tempfile.TemporaryDirectory(prefix="wheels-", dir=_tmp(self.store_dir)) as tmp:
+            with tempfile.TemporaryDirectory(prefix="wheels-", dir=store.tmp_dir(self.store_dir)) as tmp:
                 got = wheels.download(need, Path(tmp), lock.python, lock.platform, progress)
                 for pin in need:
                     wheel = got[pin.name]
@@ -130,11 +130,6 @@ class FolderSource(IndexSource):
 
     def carried_builds(self, store_dir: Path) -> None:
         builds.import_built(store_dir, self.folder)
-
-
-def _tmp(root: Path) -> Path:
-    (root / "tmp").mkdir(parents=True, exist_ok=True)
-    return root / "tmp"
 
 
 def _stored(store_dir: Path, pin: Pin, lock: Lock) -> store.Unit | None:
@@ -286,7 +281,7 @@ def _build(lock: Lock, base_python: str, env_root: Path, final: Path, source: Un
     elif runtime_pins:
         what += f"; the locked torch and its CUDA libraries are installed too ({why})"
     say(f"making it: {what}")
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=_tmp(env_root)))
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=store.tmp_dir(env_root)))
     try:
         subprocess.run([base_python, "-m", "venv", "--without-pip", str(staging)], check=True, capture_output=True,
                        text=True, timeout=300)
@@ -335,7 +330,7 @@ def _add_builds(lock: Lock, staging: Path, site: Path, store_dir: Path, source: 
     torch = lock.pin("torch")
     out = []
     for build in lock.builds:
-        key = build.key(lock.python, lock.platform, torch.version if torch else None, lock.cuda)
+        key = lock.build_key(build)
         found = builds.built_unit(store_dir, key)
         if found is not None:
             unit, record, state = *found, "reused"
@@ -346,8 +341,8 @@ def _add_builds(lock: Lock, staging: Path, site: Path, store_dir: Path, source: 
             facts = {"python": lock.python, "platform": lock.platform, "torch": torch.version if torch else None,
                      "cuda": lock.cuda, "built_on": os.uname().nodename,
                      "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            unit, record = builds.build_wheel(build, sdist, str(staging / "bin" / "python"), store_dir, key, facts,
-                                              say)
+            unit, record = builds.build_wheel(build, sdist, str(staging / "bin" / "python"), site, store_dir, key,
+                                              facts, say)
             state = "built"
         _link_units([unit], site)
         out.append({"name": build.name, "version": build.version, "state": state, "key": key,

@@ -46,6 +46,13 @@ class Unit:
         return sum(v[0] for v in self.files.values() if isinstance(v[0], int))
 
 
+def tmp_dir(root: Path) -> Path:
+    """root/tmp, made if missing: where staging folders and downloads live until renamed into place (the
+    same file system as root, so the rename is atomic)."""
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
+    return root / "tmp"
+
+
 def unit_dir(store: Path, sha256: str) -> Path:
     return store / sha256
 
@@ -107,8 +114,7 @@ def add_wheel(store: Path, wheel: Path, name: str, version: str, sha256: str, pr
     found = find(store, sha256)
     if found is not None:
         return found
-    (store / "tmp").mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=store / "tmp"))
+    staging = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=tmp_dir(store)))
     try:
         unpack_wheel(wheel, staging / "tree", prune)
         return _finish(store, staging, {"name": name, "version": version, "wheel": wheel.name, "sha256": sha256,
@@ -127,8 +133,7 @@ def add_tree(store: Path, tree: Path, meta: dict) -> Unit:
     found = find(store, meta["sha256"])
     if found is not None:
         return found
-    (store / "tmp").mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{meta['name']}-", dir=store / "tmp"))
+    staging = Path(tempfile.mkdtemp(prefix=f"{meta['name']}-", dir=tmp_dir(store)))
     try:
         os.rename(tree, staging / "tree")
         return _finish(store, staging, meta)

@@ -187,20 +187,16 @@ def _carry_builds(lock: Lock, dest_dir: Path, store_dir: Path, progress: Progres
     """The sdists of the lock's builds (dest_dir/sdists/), and the wheels built from them before for the
     lock's key where this machine's store has them (dest_dir/built/): the node then need not build."""
     out = []
-    torch = lock.pin("torch")
     for build in lock.builds:
         sdist = builds.download_sdist(store_dir, build, progress)
         (dest_dir / "sdists").mkdir(exist_ok=True)
         shutil.copyfile(sdist, dest_dir / "sdists" / sdist.name)
-        key = build.key(lock.python, lock.platform, torch.version if torch else None, lock.cuda)
+        key = lock.build_key(build)
         entry = {"name": build.name, "version": build.version, "sdist": f"sdists/{sdist.name}", "key": key}
-        found = builds.built_unit(store_dir, key)
-        wheel = store_dir / "built" / found[1]["wheel"] if found else None
-        if found and wheel.is_file() and treehash.file_sha256(wheel) == found[1]["wheel_sha256"]:
-            (dest_dir / "built").mkdir(exist_ok=True)
-            shutil.copyfile(wheel, dest_dir / "built" / wheel.name)
-            fsutil.write_json(dest_dir / "built" / f"{key}.json", found[1])
-            entry["built"] = {"wheel": wheel.name, "wheel_sha256": found[1]["wheel_sha256"]}
+        found = builds.kept_wheel(store_dir, key)
+        if found is not None:
+            builds.carry(*found, dest_dir / "built")
+            entry["built"] = {"wheel": found[0].name, "wheel_sha256": found[1]["wheel_sha256"]}
         progress(f"{build.requirement}: carrying its sdist" + (" and its earlier build" if "built" in entry else
                                                               " (the node builds it)"))
         out.append(entry)

@@ -305,8 +305,7 @@ def prune_older(client: Any, sdk: Any, tag: str, say) -> list[str]:
         return removed
     for img in images:
         tags = list(getattr(img, "tags", []) or [])
-        if not tags or tag in tags or any(t.rsplit(":", 1)[0] != repo or not t.rsplit(":", 1)[1].startswith("ctx-")
-                                          for t in tags):
+        if not tags or tag in tags or not all(t.startswith(f"{repo}:ctx-") for t in tags):
             continue
         try:
             client.images.remove(img.id)

@@ -86,7 +86,6 @@ def once(target: Path, fill, intact) -> Path:
     anything else there is removed first. Runs that start at once on the same bundle take turns (a file
     lock beside it): the first unpacks, into a staging folder renamed into place, the others then reuse."""
     done = target.with_name(target.name + ".done")
-    target.parent.mkdir(parents=True, exist_ok=True)
     with fsutil.locked(target.with_name(target.name + ".lock")):
         if done.is_file() and target.is_dir() and intact(target):
             return target

@@ -12,6 +12,7 @@ from ..core.manifest import ManifestError, Pack
 from ..envs import locks
 from ..sources import patching
 from ..sources.patching import patch_files
+from . import words
 
 SENTINEL_TOKENS = {True: ("EVIDENCE", "CONTRACT_HELD", "CONTRACT_BROKEN", "INCONCLUSIVE"),
                    False: ("EVIDENCE", "BUG_REPRODUCED", "FIX_VALIDATED", "INCONCLUSIVE")}
@@ -92,6 +93,7 @@ def lint(layout: Layout | None = None) -> list[str]:
         if pid in seen:
             problems.append(f"pack id {pid} is used by both {seen[pid]} and {folder.name}")
         seen[pid] = folder.name
+    problems += words.problems(layout)
     names = {f.name for f in folders}
     if layout.patches.is_dir():
         for patch in sorted(layout.patches.glob("*.patch")):

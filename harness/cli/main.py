@@ -29,10 +29,11 @@ from ..envs.provision import EnvError, FolderSource
 from ..envs.store import StoreError
 from ..envs.wheels import WheelError
 from ..offline import bundle
-from ..report import compare, export, issue, markdown, merge, outputs, receipts
+from ..report import compare, export, issue, markdown, merge, offline_export, outputs, receipts
 from ..run import execution
 from ..run.pipeline import RunOptions, provision_pack
 from ..sources import upstream
+from ..sources.gitutil import GitError
 from . import listing, runs
 from .options import EXIT_INTERRUPTED, EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, build_parser, mode_of
 
@@ -114,10 +115,7 @@ def _dispatch(mode: str, args: argparse.Namespace, argv: list[str], layout: Layo
         sys.stdout.write(issue.body(pack, receipts.latest_for(pack, layout), layout))
         return EXIT_OK
     if mode == "export":
-        pack = manifest.load_pack(manifest.select([args.export[0]], layout)[0], layout)
-        for path in export.export(pack, Path(args.export[1]), layout):
-            console.print(f"exported: {path}", markup=False)
-        return EXIT_OK
+        return _export(args, layout, console, err)
     start = time.monotonic()
     progress = lambda msg: err.print(f"[dim]{time.monotonic() - start:6.1f}s[/] {escape(msg)}")  # noqa: E731
     if mode == "bisect":
@@ -259,6 +257,20 @@ def _merge(args, layout: Layout, console: Console, err: Console) -> int:
              + ", ".join(p["file"] for p in meta["merged_from"]) + ")")
     _write_outputs(args, packs, results, meta, title, console, layout)
     return _exit_code(args, results, console, err)
+
+
+def _export(args, layout: Layout, console: Console, err: Console) -> int:
+    """--export NN DIR [--export-offline --python X.Y]: the folder to attach upstream."""
+    pack = manifest.load_pack(manifest.select([args.export[0]], layout)[0], layout)
+    cache = (args.cache_dir or default_cache_dir()).resolve()
+    offline = (args.python, args.platform, cache) if args.export_offline else None
+    try:
+        written = export.export(pack, Path(args.export[1]), layout, offline, lambda m: err.print(m, markup=False))
+    except (offline_export.OfflineExportError, GitError) as exc:
+        raise UsageError(f"pack {pack.id} export for a node without network: {exc}") from exc
+    for path in written:
+        console.print(f"exported: {path}", markup=False)
+    return EXIT_OK
 
 
 def _bundle(args, packs, cache_dir: Path, layout: Layout, progress, console: Console) -> int:

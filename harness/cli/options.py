@@ -18,10 +18,12 @@ _SELECT = {"run", "bundle", "provision"}
 APPLIES: dict[str, set[str]] = {
     "pack": _SELECT, "all": _SELECT,
     "check": {"run"}, "upstream": {"run", "bisect", "bundle"}, "source": {"run"}, "source_kind": {"run"},
-    "cache_dir": {"run", "bisect", "bundle"}, "timeout": _RUNS, "keep": _RUNS, "interpreter": _RUNS | {"provision"},
+    "cache_dir": {"run", "bisect", "bundle", "export"},
+    "timeout": _RUNS, "keep": _RUNS, "interpreter": _RUNS | {"provision"},
     "docker": _RUNS, "run_dir": _RUNS, "strict": {"run", "merge"}, "jobs": {"run"}, "repeat": {"run"},
     "repeat_rtol": {"run"}, "compare": {"run", "merge"}, "json": _RUNS | {"merge"}, "junit": {"run", "merge"},
-    "markdown": {"run", "merge"}, "receipt": {"run"}, "python": {"bundle"}, "platform": {"bundle"},
+    "markdown": {"run", "merge"}, "receipt": {"run"}, "python": {"bundle", "export"}, "platform": {"bundle", "export"},
+    "export_offline": {"export"},
     "bundle_ref": {"bundle"}, "bundle_bisect": {"bundle"}, "bundle_runtime": {"bundle"},
     "offline": _RUNS | {"provision"}, "bisect_from": {"bisect", "bundle"}, "bisect_jobs": {"bisect"},
     "env": _RUNS, "env_dir": _RUNS | {"bundle", "provision"}, "wheelhouse": {"provision"},
@@ -84,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "repository's own template")
     what.add_argument("--export", nargs=2, metavar=("NN", "DIR"),
                       help="write a self-contained folder for this pack to attach upstream")
+    what.add_argument("--export-offline", action="store_true",
+                      help="with --export: also carry the pinned checkouts and the locked wheels (without torch, "
+                      "triton and the CUDA libraries) for --python, for a GPU node without network")
     what.add_argument("--merge", nargs="+", type=Path, metavar="RUN.json",
                       help="one report (--json/--junit/--markdown) from several runs' --json reports, each "
                       "pack from the one run that ran it (a nightly run in parts)")
@@ -148,9 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     off.add_argument("--bundle", type=Path, metavar="DIR",
                      help="write an offline bundle for the selected packs (needs the package index)")
     off.add_argument("--python", default=f"{sys.version_info.major}.{sys.version_info.minor}", metavar="X.Y",
-                     help="with --bundle: the node's Python version")
+                     help="with --bundle or --export-offline: the node's Python version")
     off.add_argument("--platform", default="linux-x86_64", metavar="NAME",
-                     help="with --bundle: the node's platform (a lock's platform name)")
+                     help="with --bundle or --export-offline: the node's platform (a lock's platform name)")
     off.add_argument("--bundle-ref", action="append", default=[], metavar="REF",
                      help="with --bundle: also carry the sources at this upstream ref (repeatable)")
     off.add_argument("--bundle-runtime", action="store_true",

@@ -119,10 +119,15 @@ def steps(pack: Pack, layout: Layout, seen: dict[str, str | None], locked: bool 
                   f"git -C {folder} -c advice.detachedHead=false checkout -q {c.ref}"]
     install = _install(pack, layout, locked, pack.stack, ())
     lines += [venv, *([install] if install.strip() != "pip install" else [])]
-    run = f"PYTHONPATH={pythonpath(pack)} python repro.py"
+    return [*lines, *run_and_fix(pack, seen, f"PYTHONPATH={pythonpath(pack)} python repro.py")]
+
+
+def run_and_fix(pack: Pack, seen: dict[str, str | None], run: str) -> list[str]:
+    """The reproducer's command, then (a bugfix pack) the patch and the command again, each with the
+    sentinel the latest receipt recorded."""
     if pack.is_contract:
-        return [*lines, f"{run}   # -> {seen.get('contract') or 'CONTRACT_HELD or CONTRACT_BROKEN'}"]
-    return [*lines, f"{run}   # -> {seen.get('clean') or 'BUG_REPRODUCED'}",
+        return [f"{run}   # -> {seen.get('contract') or 'CONTRACT_HELD or CONTRACT_BROKEN'}"]
+    return [f"{run}   # -> {seen.get('clean') or 'BUG_REPRODUCED'}",
             f"git -C upstream apply ../{pack.patch_path.name}   # the fix",
             f"{run}   # -> {seen.get('patched') or 'FIX_VALIDATED'}"]
 

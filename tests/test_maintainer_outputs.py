@@ -143,6 +143,20 @@ def test_plots_go_into_the_markdown_report(collection, upstream, tmp_path):
     assert "![01-toy](fig/01-toy-clean-error_over_floor.png)" in text and (tmp_path / "r" / "fig").is_dir()
 
 
+def test_a_nightly_report_draws_the_verdicts_per_night(collection, upstream, tmp_path):
+    pytest.importorskip("matplotlib")
+    collection.add_pack("01", "toy", upstream.base)
+    earlier = tmp_path / "night-1.json"
+    earlier.write_text('{"packs": [{"pack": "01-toy", "verdict": "INCONCLUSIVE"}]}')
+    md = tmp_path / "r" / "n.md"
+    common = ["--pack", "01", "--cache-dir", str(tmp_path / "c"), "--run-dir", str(tmp_path / "runs")]
+    cli.main([*common, "--markdown", str(md), "--plots", str(tmp_path / "r" / "fig"), "--history", str(earlier)],
+             layout=collection.layout)
+    assert "![verdicts per night](fig/verdicts-per-night.png)" in md.read_text()
+    assert (tmp_path / "r" / "fig" / "verdicts-per-night.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli.main([*common, "--history", str(earlier)], layout=collection.layout) == cli.EXIT_USAGE
+
+
 REPRO_SWEEP = """\
 import json
 import widget

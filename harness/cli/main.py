@@ -103,6 +103,8 @@ def _dispatch(mode: str, args: argparse.Namespace, argv: list[str], layout: Layo
             from ..report import plots  # noqa: PLC0415 - matplotlib is an optional extra
 
             plots.for_receipts(layout, markdown.figures_dir(layout))
+            plots.history(plots.chronological(list(layout.evidence.glob("nightly/*.json"))),
+                          markdown.figures_dir(layout) / "nightly-verdicts-per-report.png")
         except ImportError:
             err.print("no figures: matplotlib is not installed (pip install -e '.[plots]')")
         fsutil.atomic_write(layout.root / "STATUS.md", markdown.status(layout))
@@ -156,6 +158,11 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise UsageError(f"--interpreter {python}: no such executable")
     if getattr(args, "compare", None) is not None:
         compare.previous_verdicts(args.compare)  # unreadable or not a report: CompareError -> one line
+    if getattr(args, "history", None):
+        if not (args.plots and args.markdown):
+            raise UsageError("--history draws into the markdown report: give --markdown FILE and --plots DIR too")
+        for report in args.history:
+            compare.previous_verdicts(report, "--history")  # a readable --json report, checked before the run
     if args.upstream is not None and args.upstream != "latest-release":
         try:
             upstream.check_ref(args.upstream)
@@ -224,7 +231,10 @@ def _write_outputs(args, packs, results, meta: dict, title: str, console: Consol
         if getattr(args, "plots", None):
             from ..report import plots  # noqa: PLC0415 - matplotlib is an optional extra
 
-            figures = plots.for_results(list(zip(packs, results, strict=True)), args.plots, args.markdown.parent)
+            runs = list(zip(packs, results, strict=True))
+            figures = plots.for_results(runs, args.plots, args.markdown.parent)
+            if args.history:
+                figures.update(plots.history_figure(args.history, runs, args.plots, args.markdown.parent))
         fsutil.atomic_write(args.markdown, markdown.results_table(list(zip(packs, results, strict=True)), title,
                                                                   figures))
 

@@ -27,7 +27,7 @@ APPLIES: dict[str, set[str]] = {
     "bundle_ref": {"bundle"}, "bundle_bisect": {"bundle"}, "bundle_runtime": {"bundle"},
     "offline": _RUNS | {"provision"}, "bisect_from": {"bisect", "bundle"}, "bisect_jobs": {"bisect"},
     "env": _RUNS, "env_dir": _RUNS | {"bundle", "provision"}, "wheelhouse": {"provision"},
-    "upstream_tests": {"run"}, "plots": {"run", "merge"},
+    "upstream_tests": {"run"}, "plots": {"run", "merge"}, "history": {"run", "merge"},
 }
 
 
@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--markdown", type=Path, metavar="PATH", help="write a status table as markdown")
     out.add_argument("--plots", type=Path, metavar="DIR", help="with --markdown: draw the packs' figures into DIR "
                      "(needs matplotlib) and embed them")
+    out.add_argument("--history", nargs="+", type=Path, metavar="RUN.json",
+                     help="with --plots: earlier runs' --json reports (oldest first), drawn with this run as "
+                     "verdicts per night in the markdown report")
     out.add_argument("--receipt", action="store_true", help="write evidence/<pack>.json for each run pack")
     off = p.add_argument_group("offline bundles (GPU nodes without network)")
     off.add_argument("--bundle", type=Path, metavar="DIR",

@@ -18,13 +18,13 @@ class CompareError(ValueError):
     """The earlier report cannot be read as one."""
 
 
-def previous_verdicts(path: Path) -> dict[tuple[str, str | None], str]:
+def previous_verdicts(path: Path, flag: str = "--compare") -> dict[tuple[str, str | None], str]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         packs = doc["packs"]
         return {(p["pack"], p.get("upstream_ref")): p["verdict"] for p in packs}
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise CompareError(f"--compare {path}: not a readable --json report of a run ({type(exc).__name__}: "
+        raise CompareError(f"{flag} {path}: not a readable --json report of a run ({type(exc).__name__}: "
                            f"{str(exc)[:120]})") from exc
 
 

@@ -95,6 +95,26 @@ def for_results(runs: list[tuple[Pack, PackResult]], folder: Path, relative_to: 
     return out
 
 
+def chronological(reports: list[Path]) -> list[Path]:
+    """--json reports in the order they ran (the earliest start of a pack in each)."""
+    def start(report: Path) -> str:
+        packs = json.loads(report.read_text()).get("packs", [])
+        return min((p.get("started_at") or "" for p in packs), default="")
+    return sorted(reports, key=lambda r: (start(r), r.name))
+
+
+def history_figure(reports: list[Path], runs: list[tuple[Pack, PackResult]], folder: Path,
+                   relative_to: Path) -> dict[str, list[str]]:
+    """The verdicts-per-night figure of the given earlier reports and this run, for the markdown report."""
+    try:
+        _pyplot()
+    except ImportError:
+        return {}
+    folder.mkdir(parents=True, exist_ok=True)
+    drawn = history(reports, folder / "verdicts-per-night.png", ("this run", {r.pack: r.verdict for _, r in runs}))
+    return {"verdicts per night": [os.path.relpath(drawn, relative_to)]} if drawn else {}
+
+
 def for_receipts(layout, folder: Path) -> list[Path]:
     """The figures of every pack's base receipt (what STATUS.md shows), drawn into folder."""
     from ..core.manifest import discover, load_pack  # noqa: PLC0415
@@ -116,24 +136,36 @@ def for_receipts(layout, folder: Path) -> list[Path]:
     return out
 
 
-def history(reports: list[Path], path: Path) -> Path | None:
-    """Verdicts per pack across nightly --json reports (oldest first): one row per pack, one column per night."""
+def history(reports: list[Path], path: Path, tonight: tuple[str, dict[str, str]] | None = None) -> Path | None:
+    """Verdicts per pack across nightly --json reports (oldest first) and, when given, this run's (its label,
+    pack -> verdict) last: one row per pack, one column per night."""
     nights = []
     for report in reports:
         data = json.loads(report.read_text())
         nights.append((report.stem, {p["pack"]: p["verdict"] for p in data.get("packs", [])}))
+    if tonight is not None:
+        nights.append(tonight)
     packs = sorted({name for _, verdicts in nights for name in verdicts})
     if not nights or not packs:
         return None
-    colours = {"CONFIRMED": 0, "BROKEN": 0, "FIXED_UPSTREAM": 1, "HELD": 1, "INCONCLUSIVE": 2, "SKIPPED": 3}
+    # one colour per state, named in the legend: what a maintainer reads off the chart
+    states = [("bug live / seam broken", "#d62728", ("CONFIRMED", "BROKEN")),
+              ("fixed upstream / held", "#2ca02c", ("FIXED_UPSTREAM", "HELD")),
+              ("inconclusive", "#ff7f0e", ("INCONCLUSIVE",)), ("not run in that report", "#d9d9d9", ("SKIPPED",)),
+              ("error / timeout / other", "#9467bd", ())]
+    index = {v: i for i, (_, _, verdicts) in enumerate(states) for v in verdicts}
     plt = _pyplot()
-    grid = [[colours.get(v.get(p, "SKIPPED"), 4) for _, v in nights] for p in packs]
-    fig, ax = plt.subplots(figsize=(max(4, 1 + 0.6 * len(nights)), 0.3 * len(packs) + 1))
-    ax.imshow(grid, aspect="auto", cmap="tab10", vmin=0, vmax=9)
+    from matplotlib.colors import ListedColormap  # noqa: PLC0415 - with pyplot, an optional extra
+    from matplotlib.patches import Patch  # noqa: PLC0415
+
+    grid = [[index.get(v.get(p, "SKIPPED"), len(states) - 1) for _, v in nights] for p in packs]
+    fig, ax = plt.subplots(figsize=(max(5, 3 + 0.6 * len(nights)), 0.3 * len(packs) + 2))
+    ax.imshow(grid, aspect="auto", cmap=ListedColormap([c for _, c, _ in states]), vmin=0, vmax=len(states) - 1)
     ax.set_yticks(range(len(packs)), packs, fontsize=7)
     ax.set_xticks(range(len(nights)), [n for n, _ in nights], rotation=45, ha="right", fontsize=7)
-    ax.set_title("verdict per night: bug live (0), fixed / held (1), inconclusive (2), skipped (3), other (4)",
-                 fontsize=8)
+    ax.set_title("verdict per pack in each report (left to right as given)", fontsize=9)
+    ax.legend(handles=[Patch(color=c, label=label) for label, c, _ in states], fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

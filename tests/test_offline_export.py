@@ -11,11 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness.cli import main as cli
 from harness.core import manifest
 from harness.core.layout import Layout
 from harness.envs import locks
-from harness.report import offline_export
+from harness.report import export, offline_export
+from harness.sources import pkgindex
 from tests.test_sources import index  # noqa: F401 - the loopback package index fixture
 
 REAL = Layout()
@@ -108,3 +111,38 @@ def test_a_stack_built_from_source_is_refused_in_one_sentence(tmp_path, capsys):
     code = cli.main(["--export", "03", str(tmp_path / "x"), "--export-offline", "--python", "3.12"], layout=REAL)
     err = capsys.readouterr().err
     assert code == cli.EXIT_USAGE and "builds a distribution from source" in err and "Traceback" not in err
+
+
+@pytest.mark.network
+@pytest.mark.skipif(locks.host_platform() != "linux-x86_64", reason="locks are made for linux x86_64")
+@pytest.mark.parametrize("pack_id", ["09", "05"])
+def test_a_real_offline_export_is_followed_literally_but_its_gpu_lines(pack_id, tmp_path):
+    """Liger (09) and mamba (05), exported for this Python from the index: every line runs as written (sha256,
+    unpack, git, the offline hash-checked pip install), except the runtime check and the reproducer runs
+    (no torch or GPU here), which are checked for what they would run: the patch still applies, and the
+    package resolves to the unpacked checkout through the route's PYTHONPATH."""
+    try:
+        pkgindex.project_files("packaging")
+    except pkgindex.PackageIndexError as exc:
+        pytest.skip(f"the package index cannot be reached: {exc}")
+    pack = manifest.load_pack(manifest.select([pack_id], REAL)[0], REAL)
+    out = tmp_path / "x"
+    cache = Path.home() / ".cache" / "upstream-repro-tests" / "export"
+    export.export(pack, out, REAL, (PY, "linux-x86_64", cache))
+    lines = offline_block((out / "README.md").read_text()).splitlines()
+    runs = [ln for ln in lines if "repro.py" in ln]
+    assert len(runs) == 2 and all(ln.split()[1] == f"python{PY}" for ln in runs), runs
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    for line in lines:
+        if line.startswith(f"python{PY} -c ") or "repro.py" in line:
+            continue  # needs torch and a GPU
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", line], cwd=out, env=env, capture_output=True,
+                              text=True, timeout=900)
+        assert done.returncode == 0, f"{line}: {done.stderr[-1500:]}"
+    assert (out / "site" / "numpy").is_dir()
+    path = runs[0].split()[0].removeprefix("PYTHONPATH=")
+    probe = f"import importlib.util as u; print(u.find_spec({pack.package!r}).submodule_search_locations[0])"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=out, env={**env, "PYTHONPATH": path},
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and str(out / "upstream") in done.stdout, done.stderr[-1500:]

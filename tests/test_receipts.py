@@ -74,6 +74,13 @@ def test_receipt_is_refused_for_a_skip(collection, upstream):
         receipts.build(skipped, pack, ["runner.py"], collection.layout)
 
 
+@pytest.mark.parametrize("verdict", ["ERROR", "TIMEOUT"])
+def test_a_faulty_run_writes_no_receipt_over_a_finding(collection, upstream, verdict):
+    pack = manifest.load_pack(collection.add_pack("01", "toy", upstream.base), collection.layout)
+    with pytest.raises(receipts.ReceiptError, match="fault of the run"):
+        receipts.build(result(verdict, False), pack, ["runner.py"], collection.layout)
+
+
 def test_stale_receipt_is_detected(collection, upstream):
     folder = collection.add_pack("01", "toy", upstream.base)
     pack = manifest.load_pack(folder, collection.layout)

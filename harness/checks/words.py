@@ -2,8 +2,9 @@
 node without network whose transfers are limited to 64 MiB"), never the place it was written in or the
 tools used to write it. The phrases are kept as digests (the first 16 hex digits of the sha256 of each,
 lower-case), so that this rule does not itself use them: phrases of one or two words that a word of the
-line (or two, across a space, hyphen or other separator) begins with, and words that count only between
-spaces or punctuation (not as a code identifier such as a parameter name). Receipts and run reports
+line (or two, across spaces, hyphens or underscores, not across code such as `len(a) % b`) begins with,
+and words that count only between spaces or punctuation (not as a code identifier such as a parameter
+name). Receipts and run reports
 (evidence/*.json, *.xml) are data and are not read."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ ANYWHERE = {
 }
 BETWEEN_SPACES = frozenset({'3f3af1ecebbd1410', '1225ae6c1ae69dcb'})
 _WORD = re.compile(r"[a-z]+")
+_JOIN = re.compile(r"[\s_-]+")  # what joins the two words of a phrase (prose, hyphenated, snake_case)
 _SPACED = re.compile(r"(?<=\s)[a-z]+(?=[\s.,;:)])")
 SKIP = re.compile(r"^evidence/.*\.(json|xml)$")  # data
 
@@ -34,8 +36,11 @@ def digest(phrase: str) -> str:
 def refused(line: str) -> str | None:
     """The first phrase of the line that the rule refuses, or None."""
     text = line.lower()
-    words = _WORD.findall(text)
-    for phrase in [*words, *(f"{a} {b}" for a, b in zip(words, words[1:], strict=False))]:
+    found = list(_WORD.finditer(text))
+    words = [m.group() for m in found]
+    pairs = [f"{a.group()} {b.group()}" for a, b in zip(found, found[1:], strict=False)
+             if _JOIN.fullmatch(text[a.end():b.start()])]
+    for phrase in [*words, *pairs]:
         for length, digests in ANYWHERE.items():
             if len(phrase) >= length and digest(phrase[:length]) in digests:
                 return phrase

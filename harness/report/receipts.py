@@ -109,6 +109,11 @@ def receipt_path(pack: Pack, upstream_ref: str | None, layout: Layout) -> Path:
 def build(result: PackResult, pack: Pack, command: list[str], layout: Layout) -> dict[str, Any]:
     if result.verdict in (Verdict.SKIPPED, Verdict.CHECKED, Verdict.ALREADY_APPLIED) or not result.stages:
         raise ReceiptError(f"pack {pack.name}: a {result.verdict} run measured nothing; no receipt written")
+    if result.verdict in (Verdict.ERROR, Verdict.TIMEOUT):
+        # a fault of the run (a crash, a cut-off stage) is not a record of the pack's finding, and must not
+        # replace one that is: its log stays under the run folder
+        raise ReceiptError(f"pack {pack.name}: a {result.verdict} run is a fault of the run, not a finding; no "
+                           f"receipt written (its logs: {result.log_dir or 'the run folder'})")
     src = result.source or {}
     try:
         head = gitutil.git(["rev-parse", "HEAD"], cwd=layout.root).strip()

@@ -19,7 +19,6 @@ banner when upstream has already fixed the bug."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from ..core.evidence import nodes
@@ -353,16 +352,3 @@ def regression_test(pack: Pack) -> str:
             "    assert out.returncode == 0, out.stderr[-2000:]\n"
             "    assert \"FIX_VALIDATED\" in out.stdout.splitlines(), out.stdout[-2000:]\n\n\n"
             "if __name__ == \"__main__\":\n    tilelang.testing.main()\n")
-
-
-def write_examples(layout: Layout, ids: list[str], folder: Path) -> list[Path]:
-    from ..core import manifest  # noqa: PLC0415
-
-    out = []
-    folder.mkdir(parents=True, exist_ok=True)
-    for pack_id in ids:
-        pack = manifest.load_pack(manifest.select([pack_id], layout)[0], layout)
-        path = folder / f"report-{pack.name}.md"
-        path.write_text(body(pack, receipts.latest_for(pack, layout), layout))
-        out.append(path)
-    return out

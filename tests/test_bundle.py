@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main as cli
-from harness.core import treehash
+from harness.core import fsutil, treehash
 from harness.envs import locks
 from harness.offline import boot, bundle
 
@@ -175,7 +175,7 @@ def _unpack_at_once(args):
         time.sleep(0.5)
         (t / "payload").write_text("complete\n")
 
-    done = boot.once(Path(target), fill, lambda t: (t / "payload").read_text() == "complete\n")
+    done = fsutil.once(Path(target), fill, lambda t: (t / "payload").read_text() == "complete\n")
     return (done / "payload").read_text()
 
 

@@ -128,3 +128,24 @@ def require_space(folder: Path, needed: int, what: str) -> None:
 
 def is_no_space(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def once(target: Path, fill: Callable[[Path], object], intact: Callable[[Path], bool]) -> Path:
+    """target, made by fill(staging) unless a finished earlier one (a `.done` beside it) passes intact(target);
+    anything else there is removed first. Processes that start at once on the same target take turns (a
+    file lock beside it): the first fills a staging folder that is renamed into place, the others reuse it."""
+    done = target.with_name(target.name + ".done")
+    with locked(target.with_name(target.name + ".lock")):
+        if done.is_file() and target.is_dir() and intact(target):
+            return target
+        done.unlink(missing_ok=True)
+        remove_tree(target)
+        staging = target.with_name(f".{target.name}.{os.getpid()}")
+        remove_tree(staging)
+        try:
+            fill(staging)
+            os.rename(staging, target)
+        finally:
+            remove_tree(staging)
+        done.write_text("ok\n")
+    return target

@@ -81,27 +81,6 @@ def unpack_dir(bundle: Path) -> Path:
     return Path(os.environ.get("REPRO_OFFLINE_UNPACK", tempfile.gettempdir())) / f"upstream-repro-bundle-{digest}"
 
 
-def once(target: Path, fill, intact) -> Path:
-    """target, made by fill(target) unless a finished earlier one (a `.done` beside it) passes intact(target);
-    anything else there is removed first. Runs that start at once on the same bundle take turns (a file
-    lock beside it): the first unpacks, into a staging folder renamed into place, the others then reuse."""
-    done = target.with_name(target.name + ".done")
-    with fsutil.locked(target.with_name(target.name + ".lock")):
-        if done.is_file() and target.is_dir() and intact(target):
-            return target
-        done.unlink(missing_ok=True)
-        fsutil.remove_tree(target)
-        staging = target.with_name(f".{target.name}.{os.getpid()}")
-        fsutil.remove_tree(staging)
-        try:
-            fill(staging)
-            os.rename(staging, target)
-        finally:
-            fsutil.remove_tree(staging)
-        done.write_text("ok\n")
-    return target
-
-
 def units_intact(folder: Path, expected: dict) -> bool:
     """Every unit bundle.json lists is in folder, its manifest is the one bundle.json records, and its files
     match that manifest."""
@@ -123,7 +102,7 @@ def unpack_units(bundle: Path, data: dict, archive_key: str, units_key: str) -> 
     """The bundle's archive of units (checked, unpacked once, verified at every reuse)."""
     archive = data["archives"][archive_key]
     target = unpack_dir(bundle) / archive_key
-    return once(target, lambda t: extract_archive(bundle / archive, t, strip_top=False),
+    return fsutil.once(target, lambda t: extract_archive(bundle / archive, t, strip_top=False),
                 lambda t: units_intact(t, data[units_key]))
 
 

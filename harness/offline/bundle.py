@@ -349,7 +349,7 @@ def open_bundle(bundle: Path, progress: Progress) -> Opened:
             extract.extract_archive(bundle / manifest["archives"]["sources"], target, strip_top=False)
             (target / sources.OFFLINE_MARK).write_text("unpacked from a bundle: nothing here can be fetched again\n")
 
-        cache = boot.once(boot.unpack_dir(bundle) / "sources", fill,
+        cache = fsutil.once(boot.unpack_dir(bundle) / "sources", fill,
                           lambda t: _sources_intact(t, manifest.get("sources", {})))
     except (boot.BootError, extract.UnsafeArchiveError, OSError) as exc:
         raise BundleError(str(exc)) from exc

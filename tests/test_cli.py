@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from harness.cli import main as cli
 
 
@@ -64,3 +66,38 @@ def test_a_python_without_the_runners_dependencies_gets_one_sentence_not_a_trace
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "the Python package 'rich' is missing" in proc.stderr and "pip install -e ." in proc.stderr
+
+
+@pytest.mark.network
+def test_a_bare_python_installs_the_runners_locked_dependencies_once(tmp_path):
+    """runner.py with a Python that has only pip: the runner's lock goes into the cache (hash-checked), the
+    second start reuses it silently, and a changed file there makes it install again."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from harness.envs import locks  # noqa: PLC0415
+
+    if locks.host_platform() != "linux-x86_64":
+        pytest.skip("the runner's lock is made for linux x86_64")
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(tmp_path / "bare")], check=True, timeout=300)
+    python = tmp_path / "bare" / "bin" / "python"
+    runner = Path(__file__).resolve().parent.parent / "runner.py"
+    env = {"PATH": "/usr/bin:/bin", "REPRO_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path), "COLUMNS": "300"}
+
+    def start():
+        return subprocess.run([str(python), str(runner), "--list"], capture_output=True, text=True, env=env,
+                              timeout=900)
+
+    first = start()
+    if first.returncode != 0 and "pip install of" in first.stderr:
+        pytest.skip(f"the package index cannot be reached: {first.stderr.strip()[-300:]}")
+    assert first.returncode == 0 and "installing the runner's locked dependencies" in first.stderr, first.stderr
+    assert "mamba3-mimo-bwd-grouped-heads" in first.stdout
+    second = start()
+    assert second.returncode == 0 and "installing" not in second.stderr, second.stderr
+    site = next(p for p in (tmp_path / "cache" / "runner-site").iterdir() if p.is_dir())
+    (site / "rich" / "__init__.py").write_text("raise ImportError('tampered')\n")
+    third = start()
+    assert third.returncode == 0 and "installing the runner's locked dependencies" in third.stderr, third.stderr

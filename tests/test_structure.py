@@ -23,7 +23,7 @@ ALLOWED = {  # subpackage -> the subpackages it may import (its own always)
     "cli": {"core", "sources", "envs", "run", "offline", "bisection", "report", "container", "checks"},
 }
 BOOT_ONLY_STDLIB = ("offline.boot", "core.treehash", "core.fsutil", "core.procs", "core.model", "core.evidence",
-                    "sources.extract", "envs.probe_env")
+                    "core.layout", "sources.extract", "envs.probe_env", "envs.runner_site")
 
 
 def modules() -> dict[str, Path]:

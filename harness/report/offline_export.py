@@ -20,7 +20,6 @@ locked build takes the README's first route, on a machine with network, instead.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,24 +79,24 @@ def _release(repo: str, ref: str, requirement: str, sha256: str, folder: str, ca
         f"   # {ref}"))
 
 
-def _commit(repo: str, commit: str, ref: str, paths: tuple[str, ...], folder: str, dest: Path) -> Checkout:
-    """The commit's files (only `paths` when given: what the pack fetches and imports) as a .tar.gz; the
-    README checks each path's id (`git write-tree --prefix`, or the file's blob) against the commit's. Blobs
-    are fetched lazily (a partial clone), so only the archived files are downloaded."""
-    with tempfile.TemporaryDirectory(prefix="repro-export-") as tmp:
-        work = Path(tmp)
-        gitutil.git(["init", "-q"], cwd=work)
-        gitutil.git(["fetch", "-q", "--depth", "1", "--filter=blob:none", f"https://github.com/{repo}", commit],
-                    cwd=work, timeout=1800)
-        checks = []
-        for path in paths or ("",):
-            kind = gitutil.git(["cat-file", "-t", f"{commit}:{path}"], cwd=work).strip()
-            oid = gitutil.git(["rev-parse", f"{commit}:{path}"], cwd=work).strip()
-            ask = (f"write-tree --prefix={path}/" if path else "write-tree") if kind == "tree" else f"rev-parse :{path}"
-            checks.append(f"test \"$(git -C {folder} {ask})\" = {oid}   # {path or 'the tree'} as in {commit[:12]}")
-        name = f"{folder}-{commit[:12]}.tar.gz"
-        gitutil.git(["archive", "--format=tar.gz", "-o", str(dest / name), commit, "--", *paths], cwd=work,
-                    timeout=1800)
+def _commit(repo: str, commit: str, ref: str, paths: tuple[str, ...], folder: str, cache: Path, dest: Path,
+            progress: Progress) -> Checkout:
+    """The commit's files (only `paths` when given: what the pack fetches and imports) as a .tar.gz, archived
+    from the pristine source cache's checkout (fetched as the runs fetch it); the README checks each path's
+    id (`git write-tree --prefix`, or the file's blob) against the commit's."""
+    try:
+        tree = sources.acquire_git(repo, ref, commit, "pinned", paths, cache, progress).tree
+    except sources.SourceError as exc:
+        raise OfflineExportError(str(exc)) from None
+    checks = []
+    for path in paths or ("",):
+        kind = gitutil.git(["cat-file", "-t", f"{commit}:{path}"], cwd=tree).strip()
+        oid = gitutil.git(["rev-parse", f"{commit}:{path}"], cwd=tree).strip()
+        ask = (f"write-tree --prefix={path}/" if path else "write-tree") if kind == "tree" else f"rev-parse :{path}"
+        checks.append(f"test \"$(git -C {folder} {ask})\" = {oid}   # {path or 'the tree'} as in {commit[:12]}")
+    name = f"{folder}-{commit[:12]}.tar.gz"
+    gitutil.git(["archive", "--format=tar.gz", "-o", str(dest / name), commit, "--", *paths], cwd=tree,
+                timeout=1800)
     what = ", ".join(paths) if paths else "every file"
     return Checkout(folder, name, (
         f"mkdir {folder} && tar -xzf {name} -C {folder} && {_under_git(folder)}   # {ref}: {what}", *checks))
@@ -121,9 +120,8 @@ def carry(pack: Pack, dest: Path, layout: Layout, cache: Path, python: str, plat
             checkouts.append(_release(pack.repo, pack.base_ref, pack.sdist, pack.sdist_sha256, "upstream", cache,
                                       dest, progress))
         else:
-            progress(f"archiving {pack.repo} at {pack.base_commit[:12]}")
             checkouts.append(_commit(pack.repo, pack.base_commit, pack.base_ref, pack.source_paths, "upstream",
-                                     dest))
+                                     cache, dest, progress))
         for c in pack.companions:
             checkouts.append(_release(c.repo, c.ref, c.sdist, c.sha256, issue.companion_folder(c), cache, dest,
                                       progress))

@@ -131,10 +131,16 @@ def download_sdist(store_dir: Path, build: Build, progress: Progress) -> Path:
 
 def find_in_folder(folder: Path, build: Build) -> Path | None:
     """A file in folder (a wheelhouse, a bundle) whose sha256 is the build's sdist's."""
-    for path in sorted(folder.glob("*.tar.gz")) + sorted(folder.glob("*.zip")):
+    for path in sorted(folder.glob("*.tar.gz")) + sorted(folder.glob("*.zip")) if folder.is_dir() else []:
         if treehash.file_sha256(path) == build.sdist_sha256:
             return path
     return None
+
+
+def sdist_from_folder(store_dir: Path, folder: Path, build: Build) -> Path | None:
+    """The build's sdist, from the store or else from folder (kept in the store); None when neither has it."""
+    found = stored_sdist(store_dir, build) or find_in_folder(folder, build)
+    return keep_sdist(store_dir, found, build) if found is not None else None
 
 
 # ---------------------------------------------------------------- built units

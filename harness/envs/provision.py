@@ -122,11 +122,11 @@ class FolderSource(IndexSource):
         return 0
 
     def sdist(self, build: builds.Build, store_dir: Path, progress: Progress) -> Path:
-        found = builds.stored_sdist(store_dir, build) or builds.find_in_folder(self.folder, build)
+        found = builds.sdist_from_folder(store_dir, self.folder, build)
         if found is None:
             raise builds.BuildError(f"{self.where} has no sdist of {build.requirement} with sha256 "
                                     f"{build.sdist_sha256[:12]}...")
-        return builds.keep_sdist(store_dir, found, build)
+        return found
 
     def carried_builds(self, store_dir: Path) -> None:
         builds.import_built(store_dir, self.folder)

@@ -306,11 +306,11 @@ class BundleSource:
         return 0
 
     def sdist(self, build: builds.Build, store_dir: Path, progress: Progress) -> Path:
-        found = builds.find_in_folder(self.folder / "sdists", build) if (self.folder / "sdists").is_dir() else None
+        found = builds.sdist_from_folder(store_dir, self.folder / "sdists", build)
         if found is None:
             raise builds.BuildError(f"bundle {self.bundle} does not carry the sdist of {build.requirement}; make "
                                     "it again with this collection")
-        return builds.keep_sdist(store_dir, found, build)
+        return found
 
     def carried_builds(self, store_dir: Path) -> None:
         """Earlier builds the bundle carries, each checked against the record in bundle.json."""
@@ -350,7 +350,7 @@ def open_bundle(bundle: Path, progress: Progress) -> Opened:
             (target / sources.OFFLINE_MARK).write_text("unpacked from a bundle: nothing here can be fetched again\n")
 
         cache = fsutil.once(boot.unpack_dir(bundle) / "sources", fill,
-                          lambda t: _sources_intact(t, manifest.get("sources", {})))
+                            lambda t: _sources_intact(t, manifest.get("sources", {})))
     except (boot.BootError, extract.UnsafeArchiveError, OSError) as exc:
         raise BundleError(str(exc)) from exc
     record = {"path": str(bundle), "created_at": manifest["created_at"], "python": manifest.get("python"),

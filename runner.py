@@ -12,7 +12,8 @@ from harness.offline.boot import boot  # noqa: E402  (stdlib only)
 boot(sys.argv[1:])  # --offline DIR: the bundle's runner dependencies fill what this Python lacks
 why = ""
 try:
-    fill_gaps(Path(__file__).resolve().parent)  # otherwise: the runner's lock, installed once into the cache
+    if "--offline" not in sys.argv[1:]:  # a node without network: the bundle is the only source
+        fill_gaps(Path(__file__).resolve().parent)  # the runner's lock, installed once into the cache
 except RunnerSiteError as exc:
     why = f" ({exc})"
 

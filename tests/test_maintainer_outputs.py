@@ -125,6 +125,8 @@ def test_figures_are_drawn_from_the_evidence_as_printed(tmp_path):
     shapes = {"forward": [{"N": 16, "P": 64, "R": 4, "chunk": 8, "max_rel_err": 0.02, "forward_ms": 3.0}],
               "thresholds": {"rel_tol": 0.1}, "timing": "CUDA events"}
     assert plots.shape_sweep(shapes, tmp_path / "c.png", "t") is not None
+    kernel = {"forward": [{**shapes["forward"][0], "forward_kernel_ms": None}], "timing": {"method": "CUPTI"}}
+    assert plots.shape_sweep(kernel, tmp_path / "d.png", "t") is not None  # no kernels profiled: a zero bar
     report = tmp_path / "n1.json"
     report.write_text('{"packs": [{"pack": "01-x", "verdict": "CONFIRMED"}, {"pack": "02-y", "verdict": "HELD"}]}')
     assert plots.history([report, report], tmp_path / "h.png") is not None

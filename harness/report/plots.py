@@ -48,7 +48,8 @@ def error_over_floor(evidence: dict[str, Any], path: Path, title: str) -> Path |
 
 
 def shape_sweep(evidence: dict[str, Any], path: Path, title: str) -> Path | None:
-    """A kernel at several shapes (`forward`: rows with N, P, R, chunk, max_rel_err, forward_ms)."""
+    """A kernel at several shapes (`forward`: rows with N, P, R, chunk, max_rel_err and forward_kernel_ms, or
+    forward_ms from evidence printed before the packs timed kernels)."""
     rows = [r for r in evidence.get("forward") or [] if "max_rel_err" in r]
     if not rows:
         return None
@@ -61,7 +62,8 @@ def shape_sweep(evidence: dict[str, Any], path: Path, title: str) -> Path | None
         left.axvline(tol, color="grey", linestyle="--", linewidth=1, label=f"tolerance {tol}")
         left.legend(fontsize=8)
     left.set_xlabel("max-relative error vs fp32")
-    right.barh(names, [r.get("forward_ms", 0) for r in rows])
+    key = "forward_kernel_ms" if any("forward_kernel_ms" in r for r in rows) else "forward_ms"
+    right.barh(names, [r.get(key) or 0 for r in rows])
     timing = evidence.get("timing")
     method = timing if isinstance(timing, str) else (timing or {}).get("method", "as the pack timed it")
     right.set_xlabel("forward ms: " + method.split(";")[0][:70], fontsize=8)

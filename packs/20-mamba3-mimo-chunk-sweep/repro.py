@@ -3,7 +3,8 @@
 For every (N, P, R, chunk) of upstream's CASE_GRID (tests/ops/tilelang/test_mamba3_mimo.py: B=4,
 S=2048, H=16, G=1, rotary divisor 4, bf16) the TileLang forward kernel (mamba3_mimo) against an fp32
 recurrent reference of the same bf16-rounded inputs: stable max-relative error max|y - y_ref| / max|y_ref|,
-max-abs error, and the forward time (median of 20 CUDA-event timings after 3 warm-ups). At the two smallest
+max-abs error, and the forward's GPU kernel time (CUPTI through torch.profiler, mean of 20 after 3 warm-ups;
+CUDA-event stream time beside it) with TFLOP/s under a stated FLOP model. At the two smallest
 N of the grid (S=256), the 14 backward gradients of the public autograd function against autograd through the
 reference; a backward that fails to build is recorded with its error and breaks the contract.
   CONTRACT_HELD    every forward and every gradient within REL_TOL (upstream's own tolerance);
@@ -30,6 +31,7 @@ GRID = [(16, 64, 4, 8), (32, 64, 4, 16), (64, 64, 4, 16), (128, 64, 4, 16), (256
 BWD_GRID = [(16, 64, 4, 8), (32, 64, 4, 16)]
 REL_TOL = 0.10  # upstream's REL_TOL for these tests
 REF_MIN = 1e-4
+PEAK_TFLOPS = 790.0  # H200 bf16 dense, for scale only
 NAMES = ("Q", "K", "V", "ADT", "DT", "Trap", "Q_bias", "K_bias", "MIMO_V", "MIMO_Z", "MIMO_Out", "Angles", "D", "Z")
 
 
@@ -78,19 +80,44 @@ def reference(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, MIMO_V, MIMO_Z, MIMO_Out, 
     return torch.stack(out, dim=1)
 
 
-def forward_ms(mimo, x, chunk, iters=20) -> float:
+def kernel_ms(fn, iters: int = 20) -> float | None:
+    """GPU kernel time of one call: the CUDA kernel (and memset/copy) durations CUPTI records through
+    torch.profiler over `iters` calls, summed, divided by iters. Host work is not in it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    device = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(e.device_time_total for e in device) / 1e3 / iters if device else None
+
+
+def forward_flop(N, P, R, chunk) -> int:
+    """The FLOP model (pack 05's): per (batch, head, chunk) with L = chunk*R, 2*(L^2*(N+P) + 2*L*N*P)."""
+    L = chunk * R
+    return B * H * math.ceil(S / chunk) * 2 * (L * L * (N + P) + 2 * L * N * P)
+
+
+def forward_timing(mimo, x, N, P, R, chunk, iters=20) -> dict:
+    """One forward call: GPU kernel time (CUPTI, mean of iters) and stream time (CUDA events, median)."""
+    call = lambda: mimo(**x, chunk_size=chunk, rotary_dim_divisor=ROT_DIV, dtype=torch.bfloat16)  # noqa: E731
     with torch.no_grad():
         for _ in range(3):
-            mimo(**x, chunk_size=chunk, rotary_dim_divisor=ROT_DIV, dtype=torch.bfloat16)
-        times = []
+            call()
+        stream = []
         for _ in range(iters):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            mimo(**x, chunk_size=chunk, rotary_dim_divisor=ROT_DIV, dtype=torch.bfloat16)
+            call()
             end.record()
             torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+            stream.append(start.elapsed_time(end))
+        kernel = kernel_ms(call, iters)
+    tflops = forward_flop(N, P, R, chunk) / kernel / 1e9 if kernel else None
+    return {"forward_kernel_ms": kernel, "forward_stream_ms_median": sorted(stream)[iters // 2],
+            "forward_tflops_on_kernel_time": tflops,
+            "fraction_of_bf16_dense_peak": tflops / PEAK_TFLOPS if tflops else None}
 
 
 def forward_row(mimo, N, P, R, chunk) -> dict:
@@ -101,7 +128,7 @@ def forward_row(mimo, N, P, R, chunk) -> dict:
     return {"N": N, "P": P, "R": R, "chunk": chunk, "finite": bool(torch.isfinite(y).all()),
             "max_rel_err": ((y - ref).abs().max() / ref.abs().max()).item(),
             "max_abs_err": (y - ref).abs().max().item(), "ref_max_abs": ref.abs().max().item(),
-            "forward_ms": forward_ms(mimo, x, chunk)}
+            **forward_timing(mimo, x, N, P, R, chunk)}
 
 
 def backward_check(mimo, N, P, R, chunk, seq) -> dict:
@@ -138,8 +165,12 @@ def main() -> int:
           "thresholds": {"rel_tol": REL_TOL, "reference_min_abs": REF_MIN,
                          "metric": "max|y - y_ref| / max|y_ref| (upstream's stable max-relative error)"},
           "forward": rows, "backward": bwd,
-          "timing": "forward only, median of 20 CUDA-event timings after 3 warm-ups; includes the wrapper's "
-                    "host-side work; first-call compile excluded"}
+          "timing": {"method": "forward GPU kernel time (CUPTI via torch.profiler, kernels summed per call, mean "
+                               "of 20 after 3 warm-ups; first-call compile excluded)",
+                     "forward_stream_ms_median": "CUDA events around the call, median of 20: kernels plus the "
+                                                 "wrapper's host-side work between them",
+                     "flop_model": "per (batch, head, chunk) with L = chunk*R: 2*(L^2*(N+P) + 2*L*N*P)",
+                     "peak_tflops_assumed": PEAK_TFLOPS}}
     built = [b for b in bwd if "error" not in b]
     if min(r["ref_max_abs"] for r in rows) < REF_MIN or any(b["ref_max_abs_min"] < REF_MIN for b in built):
         ev["reason"] = "a reference is (near) zero: its relative error proves nothing"

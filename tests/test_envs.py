@@ -255,6 +255,37 @@ def test_a_packs_stages_run_in_its_stacks_environment(collection, upstream, opts
     assert str(tmp_path / "leak") not in log.split("----- output")[0]
 
 
+def test_an_environments_probe_is_taken_once_and_reused_only_for_the_same_machine(collection, upstream, opts,
+                                                                                   tmp_path, monkeypatch):
+    toy_stack(collection.layout, tmp_path / "wh", value=11)
+    folder = collection.add_pack("01", "toy", upstream.base, repro=REPRO_DEP,
+                                 extra_requires='stack = "toy"\npython_deps = ["toydep>=1"]')
+    taken = []
+    real = pipeline.probe.probe_every_dist
+    monkeypatch.setattr(pipeline.probe, "probe_every_dist", lambda *a, **k: taken.append(1) or real(*a, **k))
+    gpus = {"count": 1, "gpus": [{"name": "GPU A", "capability": "9.0", "driver": "1", "memory": "1 MiB"}]}
+    monkeypatch.setattr(pipeline.probe, "gpus", lambda: gpus)
+
+    def once() -> dict:
+        monkeypatch.setattr(pipeline, "_MACHINE", {})  # a new run
+        result = run(collection, opts, folder, env_dir=tmp_path / "envs",
+                     units=FolderSource(tmp_path / "envs" / "store", tmp_path / "wh"))
+        assert result.verdict == "CONFIRMED", result.reason
+        return result.environment
+
+    first = once()
+    assert taken == [1] and first["probe"]["reused"] is False
+    assert first["packages"]["toydep"] == "1.0" and "torch" in first["packages"], "the pack's and the usual names"
+    second = once()
+    assert taken == [1] and second["probe"] == {"taken_at": first["probe"]["taken_at"], "reused": True}
+    probed = lambda record: {k: v for k, v in record.items() if k not in ("probe", "environment")}  # noqa: E731
+    assert probed(second) == probed(first)
+    gpus = {"count": 1, "gpus": [{**gpus["gpus"][0], "driver": "2"}]}  # another driver: probed again
+    assert once()["probe"]["reused"] is False and taken == [1, 1]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # other GPUs chosen: probed again
+    assert once()["probe"]["reused"] is False and taken == [1, 1, 1]
+
+
 def test_a_gpu_pack_on_a_machine_without_one_is_skipped_before_provisioning(collection, upstream, opts, tmp_path,
                                                                              monkeypatch):
     toy_stack(collection.layout, tmp_path / "wh")

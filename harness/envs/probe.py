@@ -14,6 +14,8 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
+from . import probe_env
+
 PROBE = Path(__file__).with_name("probe_env.py")
 
 
@@ -34,6 +36,21 @@ def _run_probe(python: str, args: list[str], env: dict[str, str] | None) -> dict
 def probe(python: str, extra_dists: list[str], env: dict[str, str] | None = None) -> dict:
     """The full record, with `python` and `env` exactly as a stage will run them."""
     return _run_probe(python, extra_dists, env)
+
+
+def probe_every_dist(python: str, env: dict[str, str] | None = None) -> dict:
+    """The full record with every installed distribution's version: one probe serves every pack of an
+    environment (for_pack keeps the versions a pack's record names)."""
+    return _run_probe(python, ["--all-dists"], env)
+
+
+def for_pack(info: dict, dists: list[str]) -> dict:
+    """A record of probe_every_dist as probe(python, dists) would have written it: the versions of the usual
+    distributions and the pack's own, None where one is not installed."""
+    if "error" in info:
+        return dict(info)
+    every = info.get("packages", {})
+    return {**info, "packages": {d: every.get(probe_env.normalised(d)) for d in (*probe_env.DISTS, *dists)}}
 
 
 def runtime(python: str) -> dict:

@@ -1,9 +1,9 @@
 """Environment probe, run with the reproducers' interpreter (it may be another Python than the runner's).
 Prints one JSON object. Stdlib only at import time.
 
-`probe_env.py [DIST ...]`: what PyTorch's collect_env and Liger's env_report ask for (torch is imported
-inside a try): Python, platform, OS, CPU, nvcc, package versions, torch, its CUDA runtime, NCCL and
-cuDNN, the GPU.
+`probe_env.py [DIST ...]` (`--all-dists`: every installed one): what PyTorch's collect_env and Liger's
+env_report ask for (torch is imported inside a try): Python, platform, OS, CPU, nvcc, package versions,
+torch, its CUDA runtime, NCCL and cuDNN, the GPU.
 `probe_env.py --runtime`: without importing anything: the Python version, and every installed torch /
 triton / nvidia-* / cuda-* distribution with its version, location and top-level entries (what an
 environment links when it reuses this machine's torch), and the CUDA version torch was built for."""
@@ -28,6 +28,18 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
+
+
+def _every_version() -> dict[str, str]:
+    """Every installed distribution's version, by normalised name (one probe then serves every pack)."""
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        found.setdefault(normalised(dist.metadata["Name"] or ""), dist.version)
+    return found
+
+
+def normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _nvidia_smi() -> dict:
@@ -84,7 +96,8 @@ def probe(extra_dists: list[str]) -> dict:
         "os": _os(),
         "cpu": _cpu(),
         "nvcc": _nvcc(),
-        "packages": {d: _version(d) for d in (*DISTS, *extra_dists)},
+        "packages": _every_version() if extra_dists == ["--all-dists"] else
+        {d: _version(d) for d in (*DISTS, *extra_dists)},
     }
     try:
         import torch
@@ -126,7 +139,7 @@ def _top_level(dist: metadata.Distribution) -> list[str]:
 def runtime() -> dict:
     found = {}
     for dist in metadata.distributions():
-        name = re.sub(r"[-_.]+", "-", (dist.metadata["Name"] or "")).lower()
+        name = normalised(dist.metadata["Name"] or "")
         if not RUNTIME_RE.match(name) or name in found:
             continue
         location = str(Path(str(dist.locate_file(""))).resolve())

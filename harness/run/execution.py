@@ -27,6 +27,7 @@ TAIL_BYTES = 64 * 1024  # of each stream, for error messages
 MAX_PROTOCOL_LINES = 1000  # EVIDENCE and sentinel lines kept (more than one of each is already an error)
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a longer line is cut (an EVIDENCE line that long is refused)
 HEARTBEAT_S = 15.0
+POLL_S = 0.05  # how often the stage is looked at: its end is seen within this
 KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this
 DRAIN_S = 2.0  # how long the pipes may stay open after the process is gone
 TOKEN_VAR = "REPRO_STAGE_TOKEN"
@@ -144,7 +145,7 @@ def run_command(cmd: list[str], cwd: Path, env: dict[str, str], timeout_s: float
                 if heartbeat and now >= next_beat:
                     heartbeat(now - start, last[0])
                     next_beat = now + HEARTBEAT_S
-                time.sleep(0.2)
+                time.sleep(POLL_S)
         except BaseException:
             _kill_tree(proc, token)
             raise

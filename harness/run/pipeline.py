@@ -23,7 +23,7 @@ from ..core import fsutil, treehash
 from ..core.layout import Layout, default_env_dir
 from ..core.manifest import Pack
 from ..core.model import PackResult, PatchStatus, StageRecord, Verdict
-from ..envs import locks, probe, provision
+from ..envs import locks, probe, probe_cache, provision
 from ..envs.provision import Env, EnvError, EnvUnavailable
 from ..sources import companions, importing, patching, upstream
 from . import execution, kinds, sentinels, upstream_tests, verdicts
@@ -310,9 +310,16 @@ def environment(stack: str, opts: RunOptions, say: Progress) -> Env:
 
 def env_probe(pack: Pack, env: Env, opts: RunOptions) -> dict[str, Any]:
     """The full environment record (GPU, torch, versions), probed with the stage's interpreter."""
-    key = f"envprobe:{env.python}:{','.join(pack.python_deps)}"
-    info = dict(_machine(key, lambda: probe.probe(env.python, probe.dist_names(pack.python_deps),
-                                                  {**_stage_base_env(opts, env), **env.variables})))
+    variables = {**_stage_base_env(opts, env), **env.variables}
+    if env.path is None:  # the interpreter as it is: nothing tells a later run that it is unchanged
+        look = lambda: probe.probe_every_dist(env.python, variables)  # noqa: E731
+    else:
+        digest = probe_cache.key(env.record, env.python, variables, _machine("gpus", probe.gpus),
+                                 _machine(f"runtime:{opts.python}", lambda: probe.runtime(opts.python)))
+        look = lambda: probe_cache.probed(opts.env_dir / "probes", env.path.name, digest,  # noqa: E731
+                                          lambda: probe.probe_every_dist(env.python, variables))
+
+    info = probe.for_pack(_machine(f"envprobe:{env.python}", look), probe.dist_names(pack.python_deps))
     info["environment"] = env.record
     return info
 

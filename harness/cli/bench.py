@@ -59,8 +59,8 @@ def _per_pack(report: dict) -> dict[str, dict]:
     for p in report.get("packs", []):
         stages = sum(s.get("duration_s", 0) for s in p.get("stages", []))
         total = p.get("durations", {}).get("total_s", 0)
-        out[p["pack"]] = {"verdict": p["verdict"], "total_s": total, "stages_s": round(stages, 2),
-                          "harness_s": round(total - stages, 2), "jobs": p.get("jobs", 1)}
+        out[p["pack"]] = {"verdict": p["verdict"], "as_expected": p.get("as_expected"), "total_s": total,
+                          "stages_s": round(stages, 2), "harness_s": round(total - stages, 2), "jobs": p.get("jobs", 1)}
     return out
 
 
@@ -68,8 +68,10 @@ def table(record: dict) -> str:
     lines = [f"# Collection benchmark: {record['gpu']} ({record['date'][:10]})", "",
              f"Wall clock of the whole run: **cold {record['cold']['wall_s']:.0f} s**, **warm "
              f"{record['warm']['wall_s']:.0f} s**, {record['jobs']} pack(s) side by side; verdicts "
-             f"{'identical' if record['same_verdicts'] else 'DIFFERENT'} in both runs. Host wall-clock times; "
-             "compile = cold stages minus warm stages (an estimate); harness = the pack's total minus its stages.",
+             f"{'identical' if record['same_verdicts'] else 'DIFFERENT'} in both runs, "
+             f"{'every one as expected' if record.get('as_expected') else 'NOT all as expected'}. "
+             "Host wall-clock times; compile = cold stages minus warm stages (an estimate); "
+             "harness = the pack's total minus its stages.",
              "", "| pack | verdict | cold (s) | warm (s) | compile, est. (s) | cold stages (s) | "
              "harness cold / warm (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in sorted(record["packs"].items(), key=lambda kv: -kv[1]["cold"]["total_s"]):
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "warm": {"wall_s": round(warm[0], 1), "exit_code": warm[2]},
         "packs": {name: {"cold": cold_packs[name], "warm": warm_packs.get(name, {})} for name in cold_packs},
         "same_verdicts": all(cold_packs[n]["verdict"] == warm_packs.get(n, {}).get("verdict") for n in cold_packs),
+        "as_expected": all(r.get("as_expected") for run in (cold_packs, warm_packs) for r in run.values()),
         "method": "host wall clock (time.monotonic) around each runner process and, per pack, the runner's own "
                   "durations; compile time estimated as cold stages minus warm stages",
     }
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     fsutil.atomic_write(args.out / "bench.md", table(record))
     plot(record, args.out / "bench.png")
     print(table(record))
-    return 0 if record["same_verdicts"] and cold[2] == 0 and warm[2] == 0 else 1
+    return 0 if record["same_verdicts"] and record["as_expected"] and cold[2] == 0 and warm[2] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ def shape_sweep(evidence: dict[str, Any], path: Path, title: str) -> Path | None
     right.barh(names, [r.get(key) or 0 for r in rows])
     timing = evidence.get("timing")
     method = timing if isinstance(timing, str) else (timing or {}).get("method", "as the pack timed it")
-    right.set_xlabel("forward ms: " + method.split(";")[0][:70], fontsize=8)
+    label = "forward GPU kernel time, ms (CUPTI)" if key == "forward_kernel_ms" else \
+        "forward ms: " + method.split(";")[0][:70]
+    right.set_xlabel(label, fontsize=8)
     right.set_yticks([])
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -1,6 +1,9 @@
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from harness.envs import probe as environment
+from harness.run import pipeline
 
 from .conftest import REPRO_OK, run
 
@@ -138,3 +141,19 @@ def test_inconclusive_clean_stage_still_runs_the_patched_stage(collection, upstr
     result = run(collection, opts, folder)
     assert result.verdict == "INCONCLUSIVE" and [s.name for s in result.stages] == ["clean", "patched"]
     assert not result.as_expected  # expected at the base: CONFIRMED, unless [expect] names the base ref
+
+
+def test_two_machine_looks_run_side_by_side_and_one_may_ask_for_another(monkeypatch):
+    """Each key is looked at once a run; the probes of two environments do not wait for each other."""
+    monkeypatch.setattr(pipeline, "_MACHINE", {})
+    both = threading.Barrier(2, timeout=10)  # broken (an error) if the second look waited for the first
+    calls = []
+
+    def look() -> dict:
+        both.wait()
+        return {"inner": pipeline._machine("gpus", lambda: calls.append(1) or {"count": 0})}
+
+    with ThreadPoolExecutor(2) as pool:
+        found = list(pool.map(lambda key: pipeline._machine(key, look), ["envprobe:a", "envprobe:b"]))
+    assert found == [{"inner": {"count": 0}}] * 2 and calls == [1]
+    assert pipeline._machine("envprobe:a", lambda: {"again": True}) == found[0]

@@ -75,13 +75,22 @@ class Interrupted(Exception):
 CACHE_LOCK = threading.RLock()
 _MACHINE: dict[str, dict] = {}  # per run: nvidia-smi's GPUs and each interpreter's runtime, looked at once
 _MACHINE_LOCK = threading.Lock()
+_LOOKING: dict[str, threading.Lock] = {}  # one lock a key: two environments' probes run side by side
 
 
 def _machine(key: str, look) -> dict:
     with _MACHINE_LOCK:
-        if key not in _MACHINE:
-            _MACHINE[key] = look()
-        return _MACHINE[key]
+        if key in _MACHINE:
+            return _MACHINE[key]
+        looking = _LOOKING.setdefault(key, threading.Lock())
+    with looking:
+        with _MACHINE_LOCK:
+            if key in _MACHINE:
+                return _MACHINE[key]
+        found = look()
+        with _MACHINE_LOCK:
+            _MACHINE[key] = found
+        return found
 
 
 def expected_for(pack: Pack, opts: RunOptions, ref: str) -> list[str]:
@@ -311,13 +320,14 @@ def environment(stack: str, opts: RunOptions, say: Progress) -> Env:
 def env_probe(pack: Pack, env: Env, opts: RunOptions) -> dict[str, Any]:
     """The full environment record (GPU, torch, versions), probed with the stage's interpreter."""
     variables = {**_stage_base_env(opts, env), **env.variables}
-    if env.path is None:  # the interpreter as it is: nothing tells a later run that it is unchanged
-        look = lambda: probe.probe_every_dist(env.python, variables)  # noqa: E731
-    else:
+
+    def look() -> dict:
+        if env.path is None:  # the interpreter as it is: nothing tells a later run that it is unchanged
+            return probe.probe_every_dist(env.python, variables)
         digest = probe_cache.key(env.record, env.python, variables, _machine("gpus", probe.gpus),
                                  _machine(f"runtime:{opts.python}", lambda: probe.runtime(opts.python)))
-        look = lambda: probe_cache.probed(opts.env_dir / "probes", env.path.name, digest,  # noqa: E731
-                                          lambda: probe.probe_every_dist(env.python, variables))
+        return probe_cache.probed(opts.env_dir / "probes", env.path.name, digest,
+                                  lambda: probe.probe_every_dist(env.python, variables))
 
     info = probe.for_pack(_machine(f"envprobe:{env.python}", look), probe.dist_names(pack.python_deps))
     info["environment"] = env.record

@@ -405,3 +405,13 @@ def test_a_two_gpu_pack_on_one_gpu_is_skipped_and_runs_with_nvlink_multicast_off
 ])
 def test_a_wheel_suits_the_python_and_platform_as_pip_decides(filename, python, fits):
     assert wheels.suits(filename, python, PLATFORM) is fits
+
+
+def test_a_probe_that_cannot_be_kept_is_still_the_record(tmp_path):
+    from harness.envs import probe_cache
+
+    (tmp_path / "file").write_text("")  # a folder that cannot be made, as in an image the run may not write
+    found = probe_cache.probed(tmp_path / "file" / "probes", "env", "0" * 64, lambda: {"python": "3.12"})
+    assert found == {"python": "3.12", "probe": {"taken_at": found["probe"]["taken_at"], "reused": False}}
+    failed = probe_cache.probed(tmp_path / "probes", "env", "0" * 64, lambda: {"error": "no torch"})
+    assert "error" in failed and not (tmp_path / "probes").exists(), "a failed probe is never kept"

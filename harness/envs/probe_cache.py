@@ -48,5 +48,8 @@ def probed(folder: Path, name: str, digest: str, look: Callable[[], dict]) -> di
     info = look()
     taken_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if "error" not in info:
-        fsutil.write_json(path, {"key": digest, "taken_at": taken_at, "info": info})
+        try:
+            fsutil.write_json(path, {"key": digest, "taken_at": taken_at, "info": info})
+        except OSError:  # an environment folder the run may not write (a container's image): probe each run
+            pass
     return {**info, "probe": {"taken_at": taken_at, "reused": False}}

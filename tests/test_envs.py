@@ -261,8 +261,8 @@ def test_an_environments_probe_is_taken_once_and_reused_only_for_the_same_machin
     folder = collection.add_pack("01", "toy", upstream.base, repro=REPRO_DEP,
                                  extra_requires='stack = "toy"\npython_deps = ["toydep>=1"]')
     taken = []
-    real = pipeline.probe.probe_every_dist
-    monkeypatch.setattr(pipeline.probe, "probe_every_dist", lambda *a, **k: taken.append(1) or real(*a, **k))
+    real = pipeline.probe.probe
+    monkeypatch.setattr(pipeline.probe, "probe", lambda *a, **k: taken.append(1) or real(*a, **k))
     gpus = {"count": 1, "gpus": [{"name": "GPU A", "capability": "9.0", "driver": "1", "memory": "1 MiB"}]}
     monkeypatch.setattr(pipeline.probe, "gpus", lambda: gpus)
 

@@ -33,20 +33,15 @@ def _run_probe(python: str, args: list[str], env: dict[str, str] | None) -> dict
         return {"error": f"probe printed no JSON: {proc.stdout[-300:]}"}
 
 
-def probe(python: str, extra_dists: list[str], env: dict[str, str] | None = None) -> dict:
-    """The full record, with `python` and `env` exactly as a stage will run them."""
-    return _run_probe(python, extra_dists, env)
-
-
-def probe_every_dist(python: str, env: dict[str, str] | None = None) -> dict:
-    """The full record with every installed distribution's version: one probe serves every pack of an
-    environment (for_pack keeps the versions a pack's record names)."""
-    return _run_probe(python, ["--all-dists"], env)
+def probe(python: str, env: dict[str, str] | None = None) -> dict:
+    """The full record, with `python` and `env` exactly as a stage will run them, and every installed
+    distribution's version: one probe serves every pack of an environment (for_pack keeps a pack's)."""
+    return _run_probe(python, [], env)
 
 
 def for_pack(info: dict, dists: list[str]) -> dict:
-    """A record of probe_every_dist as probe(python, dists) would have written it: the versions of the usual
-    distributions and the pack's own, None where one is not installed."""
+    """The record a pack keeps: the probe with the versions of the usual distributions and the pack's own
+    only, None where one is not installed."""
     if "error" in info:
         return dict(info)
     every = info.get("packages", {})

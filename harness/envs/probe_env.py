@@ -1,9 +1,9 @@
 """Environment probe, run with the reproducers' interpreter (it may be another Python than the runner's).
 Prints one JSON object. Stdlib only at import time.
 
-`probe_env.py [DIST ...]` (`--all-dists`: every installed one): what PyTorch's collect_env and Liger's
-env_report ask for (torch is imported inside a try): Python, platform, OS, CPU, nvcc, package versions,
-torch, its CUDA runtime, NCCL and cuDNN, the GPU.
+`probe_env.py`: what PyTorch's collect_env and Liger's env_report ask for (torch is imported inside a
+try): Python, platform, OS, CPU, nvcc, every installed distribution's version, torch, its CUDA runtime,
+NCCL and cuDNN, the GPU.
 `probe_env.py --runtime`: without importing anything: the Python version, and every installed torch /
 triton / nvidia-* / cuda-* distribution with its version, location and top-level entries (what an
 environment links when it reuses this machine's torch), and the CUDA version torch was built for."""
@@ -23,15 +23,8 @@ DISTS = ("torch", "triton", "tilelang", "transformer-engine", "numpy", "jsonsche
 RUNTIME_RE = re.compile(r"^(torch|triton|nvidia-.+|cuda-.+)$")
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _every_version() -> dict[str, str]:
-    """Every installed distribution's version, by normalised name (one probe then serves every pack)."""
+    """Every installed distribution's version, by normalised name (one probe serves every pack)."""
     found: dict[str, str] = {}
     for dist in metadata.distributions():
         found.setdefault(normalised(dist.metadata["Name"] or ""), dist.version)
@@ -88,7 +81,7 @@ def _nvcc() -> str | None:
     return None
 
 
-def probe(extra_dists: list[str]) -> dict:
+def probe() -> dict:
     info: dict = {
         "python": sys.version.split()[0],
         "python_executable": sys.executable,
@@ -96,8 +89,7 @@ def probe(extra_dists: list[str]) -> dict:
         "os": _os(),
         "cpu": _cpu(),
         "nvcc": _nvcc(),
-        "packages": _every_version() if extra_dists == ["--all-dists"] else
-        {d: _version(d) for d in (*DISTS, *extra_dists)},
+        "packages": _every_version(),
     }
     try:
         import torch
@@ -161,4 +153,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--runtime"]:
         print(json.dumps(runtime()))
     else:
-        print(json.dumps(probe(sys.argv[1:])))
+        print(json.dumps(probe()))

@@ -263,17 +263,21 @@ def machine_unmet(pack: Pack, opts: RunOptions) -> list[str]:
     """The cheap look, before anything is provisioned: the GPUs the driver reports (env mode host: the
     interpreter as it is, python_deps included, as the stage will see it)."""
     if opts.env_mode == "host":
-        info = _machine(f"probe:{opts.python}:{','.join(pack.python_deps)}",
-                        lambda: probe.probe(opts.python, probe.dist_names(pack.python_deps), _host_env()))
+        info = probe.for_pack(_host_probe(opts), probe.dist_names(pack.python_deps))
         return probe.unmet_requirements(info, pack.gpu, pack.min_capability, pack.gpus, pack.python_deps)
     gpus = _machine("gpus", probe.gpus)
     if "error" in gpus and pack.gpu:  # no nvidia-smi (some containers): ask the interpreter's torch, if any
-        info = _machine(f"probe:{opts.python}:", lambda: probe.probe(opts.python, [], _host_env()))
+        info = _host_probe(opts)
         cuda = info.get("torch", {}).get("cuda", {})
         if cuda.get("available"):
             gpus = {"count": cuda.get("device_count", 1),
                     "gpus": [{"name": cuda.get("device_name"), "capability": cuda.get("capability")}]}
     return probe.gpu_unmet(gpus, pack.gpu, pack.min_capability, pack.gpus)
+
+
+def _host_probe(opts: RunOptions) -> dict:
+    """The interpreter as it is, probed once a run: the record env_probe keeps for a stage run with it."""
+    return _machine(f"envprobe:{opts.python}", lambda: probe.probe(opts.python, _host_env()))
 
 
 def skip_reason(pack: Pack, opts: RunOptions, unmet: list[str]) -> str:
@@ -323,11 +327,11 @@ def env_probe(pack: Pack, env: Env, opts: RunOptions) -> dict[str, Any]:
 
     def look() -> dict:
         if env.path is None:  # the interpreter as it is: nothing tells a later run that it is unchanged
-            return probe.probe_every_dist(env.python, variables)
+            return probe.probe(env.python, variables)
         digest = probe_cache.key(env.record, env.python, variables, _machine("gpus", probe.gpus),
                                  _machine(f"runtime:{opts.python}", lambda: probe.runtime(opts.python)))
         return probe_cache.probed(opts.env_dir / "probes", env.path.name, digest,
-                                  lambda: probe.probe_every_dist(env.python, variables))
+                                  lambda: probe.probe(env.python, variables))
 
     info = probe.for_pack(_machine(f"envprobe:{env.python}", look), probe.dist_names(pack.python_deps))
     info["environment"] = env.record
